@@ -1,0 +1,256 @@
+//! Bearer tokens: HS256 JSON Web Tokens carrying subject, role and expiry.
+//!
+//! The edge verifies the same tokens with the same shared secret. Format
+//! (documented in the README so a shop can mint them with any JWT library):
+//! header `{"alg":"HS256","typ":"JWT"}`, claims `{"sub": "<user id>",
+//! "role": "buyer"|"operator"|"approver", "exp": <unix seconds>}`.
+//!
+//! This module owns signing and verification only; which role may call what
+//! is decided by each service (the backend's route extractors, the edge's
+//! access phase).
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// What a token lets its holder do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Buys and polls its own attempts.
+    Buyer,
+    /// Creates and submits rounds, reads counters.
+    Operator,
+    /// Everything an operator does, plus approving or rejecting rounds that
+    /// someone else submitted.
+    Approver,
+}
+
+impl Role {
+    pub fn is_admin(self) -> bool {
+        matches!(self, Role::Operator | Role::Approver)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Buyer => "buyer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "buyer" => Ok(Role::Buyer),
+            "operator" => Ok(Role::Operator),
+            "approver" => Ok(Role::Approver),
+            other => Err(format!(
+                "unknown role {other:?} (buyer, operator, approver)"
+            )),
+        }
+    }
+}
+
+/// The verified claims of a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    pub exp: u64,
+}
+
+/// Why a token was refused (the message is safe to show the caller).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is malformed or its signature does not match")]
+    Invalid,
+}
+
+/// The token settings both services read from their configuration file:
+/// the shared secret and the clock skew tolerated on expiry. `Debug` never
+/// shows the secret.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The HMAC-SHA256 secret shared by edge and backend (at least
+    /// [`AuthConfig::MIN_SECRET_LEN`] bytes).
+    pub secret: String,
+    /// Clock skew tolerated when checking a token's expiry, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl AuthConfig {
+    pub const MIN_SECRET_LEN: usize = 16;
+
+    /// Checks the secret is long enough; the message names no value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.secret.len() < Self::MIN_SECRET_LEN {
+            return Err(format!("must be at least {} bytes", Self::MIN_SECRET_LEN));
+        }
+        Ok(())
+    }
+
+    /// The signing and verifying keys of this secret.
+    pub fn keys(&self) -> TokenKeys {
+        TokenKeys::new(self.secret.as_bytes(), self.leeway_secs)
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            secret: "dev-only-secret-change-me-before-a-sale".into(),
+            leeway_secs: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secret", &"<hidden>")
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+/// Signs and verifies tokens with one shared secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// Longest subject accepted (user ids end up in Redis keys and orders).
+pub const MAX_SUBJECT_LEN: usize = 128;
+
+impl TokenKeys {
+    pub fn new(secret: &[u8], leeway_secs: u64) -> Self {
+        install_crypto();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway_secs;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Mints a token; `ttl_secs` may be negative to mint an expired one.
+    pub fn mint(&self, sub: &str, role: Role, ttl_secs: i64) -> String {
+        let exp = (chrono::Utc::now().timestamp() + ttl_secs).max(0) as u64;
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            exp,
+        };
+        // HS256 with an in-memory key cannot fail to sign.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing")
+    }
+
+    /// Verifies signature, algorithm and expiry; refuses empty or overlong
+    /// subjects.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        let c = data.claims;
+        if c.sub.is_empty()
+            || c.sub.len() > MAX_SUBJECT_LEN
+            || c.sub.chars().any(|ch| ch.is_control())
+        {
+            return Err(TokenError::Invalid);
+        }
+        Ok(c)
+    }
+
+    /// Extracts and verifies the token of an `Authorization` header value.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Claims, TokenError> {
+        let value = header.ok_or(TokenError::Missing)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(TokenError::Invalid)?;
+        self.verify(token.trim())
+    }
+}
+
+fn install_crypto() {
+    // Exactly one provider is compiled in; installing it twice is harmless.
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(b"0123456789abcdef0123", 0)
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = keys();
+        let t = k.mint("alice", Role::Buyer, 60);
+        let c = k.verify(&t).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.role, Role::Buyer);
+    }
+
+    #[test]
+    fn expired_is_refused() {
+        let k = keys();
+        let t = k.mint("alice", Role::Buyer, -120);
+        assert_eq!(k.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn other_secret_is_refused() {
+        let t = TokenKeys::new(b"another-secret-of-enough-length", 0).mint("a", Role::Approver, 60);
+        assert_eq!(keys().verify(&t), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn tampered_role_is_refused() {
+        let k = keys();
+        let t = k.mint("alice", Role::Buyer, 60);
+        let mut parts: Vec<&str> = t.split('.').collect();
+        use base64::Engine;
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"alice","role":"approver","exp":99999999999}"#);
+        parts[1] = &forged;
+        assert_eq!(k.verify(&parts.join(".")), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn auth_config_hides_and_checks_its_secret() {
+        let c = AuthConfig::default();
+        assert!(!format!("{c:?}").contains("dev-only"));
+        assert!(c.validate().is_ok());
+        let short = AuthConfig {
+            secret: "short".into(),
+            leeway_secs: 0,
+        };
+        assert!(short.validate().is_err());
+    }
+
+    #[test]
+    fn header_forms() {
+        let k = keys();
+        let t = k.mint("bob", Role::Operator, 60);
+        assert!(k.verify_header(Some(&format!("Bearer {t}"))).is_ok());
+        assert_eq!(k.verify_header(None), Err(TokenError::Missing));
+        assert_eq!(k.verify_header(Some(&t)), Err(TokenError::Invalid));
+    }
+}

@@ -1,0 +1,41 @@
+//! Stable error codes of the HTTP contract (`{"error": "<code>", "message":
+//! …}`), with the status each one is answered with. Clients switch on the
+//! code, never on the message.
+
+/// Every code, with its HTTP status.
+pub const CODES: &[(&str, u16)] = &[
+    (UNAUTHORIZED, 401),
+    (FORBIDDEN, 403),
+    (NOT_FOUND, 404),
+    (BAD_REQUEST, 400),
+    (UNSUPPORTED_MEDIA_TYPE, 415),
+    (PAYLOAD_TOO_LARGE, 413),
+    (LIMIT_EXCEEDED, 422),
+    (NOT_STARTED, 425),
+    (SOLD_OUT, 410),
+    (ENDED, 410),
+    (CONFLICT, 409),
+    (RATE_LIMITED, 429),
+    (UNAVAILABLE, 503),
+    (INTERNAL, 500),
+];
+
+pub const UNAUTHORIZED: &str = "unauthorized";
+pub const FORBIDDEN: &str = "forbidden";
+pub const NOT_FOUND: &str = "not_found";
+pub const BAD_REQUEST: &str = "bad_request";
+pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+pub const LIMIT_EXCEEDED: &str = "limit_exceeded";
+pub const NOT_STARTED: &str = "not_started";
+pub const SOLD_OUT: &str = "sold_out";
+pub const ENDED: &str = "ended";
+pub const CONFLICT: &str = "conflict";
+pub const RATE_LIMITED: &str = "rate_limited";
+pub const UNAVAILABLE: &str = "unavailable";
+pub const INTERNAL: &str = "internal";
+
+/// The status a code is answered with.
+pub fn status_of(code: &str) -> Option<u16> {
+    CODES.iter().find(|(c, _)| *c == code).map(|(_, s)| *s)
+}
