@@ -1,0 +1,34 @@
+-- check.lua — validates limits.lua when the edge (re)loads the Lua files.
+-- Raising an error here refuses the new files; the old policy keeps serving.
+local limits = require "edge.limits"
+
+local function positive(v, what)
+  if type(v) ~= "number" or v <= 0 or v ~= v then
+    error(what .. " must be a positive number, got " .. tostring(v), 0)
+  end
+end
+
+if type(limits) ~= "table" then
+  error("limits.lua must return a table", 0)
+end
+if type(limits.buy_path) ~= "string" then
+  error("limits.buy_path must be a pattern string", 0)
+end
+local ok, err = pcall(ngx.re.match, "/", limits.buy_path, "jo")
+if not ok or err then
+  error("limits.buy_path does not compile: " .. tostring(err), 0)
+end
+for _, name in ipairs({ "node", "user", "api" }) do
+  if type(limits[name]) ~= "table" then
+    error("limits." .. name .. " must be a table", 0)
+  end
+end
+positive(limits.node.rate, "limits.node.rate")
+if type(limits.node.burst) ~= "number" or limits.node.burst < 0 then
+  error("limits.node.burst must be a non-negative number", 0)
+end
+positive(limits.user.count, "limits.user.count")
+positive(limits.user.window, "limits.user.window")
+positive(limits.api.count, "limits.api.count")
+positive(limits.api.window, "limits.api.window")
+return true

@@ -1,0 +1,22 @@
+-- limits.lua — the numbers of the edge's access policy. Edit and save: the
+-- edge reloads it within a second, without a restart. A file that fails to
+-- load or to pass check.lua is refused and the previous limits stay.
+return {
+  -- Which requests are buy requests: POST to this pattern (ngx.re syntax),
+  -- captures are the round id and the item id.
+  buy_path = [[^/api/rounds/(\d+)/items/(\d+)/buy$]],
+
+  -- Token bucket over all buy requests of this node: `rate` per second,
+  -- up to `burst` more at once.
+  node = { rate = 5000, burst = 2000 },
+
+  -- Buy requests one buyer (verified user id) may make per window.
+  user = { count = 5, window = 1 },
+
+  -- Other API requests (polling, round lists) per client per window; keyed
+  -- by user id when a token is present, else by the client address.
+  api = { count = 50, window = 1 },
+
+  -- Buy requests must carry a valid bearer token (answered 401 otherwise).
+  require_token = true,
+}
