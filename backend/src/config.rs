@@ -1,0 +1,354 @@
+//! Typed configuration: embedded defaults, then a TOML file, then
+//! `SECKILL__SECTION__KEY` environment variables, validated before anything
+//! binds.
+//!
+//! This module owns the file format and its validation; it does no I/O beyond
+//! reading the file. Secrets are never printed: [`Config`]'s `Debug` hides the
+//! token secret.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+/// Token settings, shared with the edge.
+pub use seckill_proto::auth::AuthConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the backend needs to start.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub redis: RedisConfig,
+    pub rabbitmq: RabbitConfig,
+    pub database: DatabaseConfig,
+    pub writer: WriterConfig,
+    pub sale: SaleConfig,
+    pub pages: PagesConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the API (buyer and admin paths).
+    pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint; kept off the API port.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight work.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key; lets several sales or tests share one server.
+    pub key_prefix: String,
+    /// Longest wait for one Redis reply or (re)connection; a buy answers
+    /// 503 after it rather than hanging on a server that stopped answering.
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitConfig {
+    pub url: String,
+    /// The durable order queue; its dead-letter queue is `<queue>.dead`.
+    pub queue: String,
+    /// `quorum` (replicated, the default) or `classic`.
+    pub queue_type: QueueType,
+    /// How long a buy waits for the broker to confirm its order message.
+    pub confirm_timeout_ms: u64,
+    /// How long a (re)connection attempt may take.
+    pub connect_timeout_ms: u64,
+    /// Deliveries of one message before the broker dead-letters it.
+    pub delivery_limit: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://file.db?mode=rwc` (default) or `postgres://…`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Run the order writer inside `serve` (it can also run alone: `worker`).
+    pub enabled: bool,
+    /// Unacknowledged messages the broker may push ahead.
+    pub prefetch: u16,
+    /// Most orders written in one transaction.
+    pub batch_size: usize,
+    /// How long a batch waits to fill after its first message.
+    pub batch_wait_ms: u64,
+    /// Pause after a failed write before the batch is handed back.
+    pub retry_backoff_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaleConfig {
+    /// Time a buyer has to pay an order before it expires.
+    pub payment_timeout_secs: u64,
+    /// How long `GET /api/rounds` answers from memory before re-reading.
+    pub rounds_cache_ms: u64,
+    /// Largest quantity one buy request may ask for.
+    pub max_qty: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagesConfig {
+    /// Directory the static sale pages are rendered into (served by the edge).
+    pub dir: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8081).into(),
+            metrics_listen: Some(([127, 0, 0, 1], 9181).into()),
+            max_body_bytes: 16 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            key_prefix: "sk".into(),
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue: "seckill.orders".into(),
+            queue_type: QueueType::Quorum,
+            confirm_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            delivery_limit: 20,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://seckill.db?mode=rwc".into(),
+            max_connections: 10,
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefetch: 512,
+            batch_size: 200,
+            batch_wait_ms: 10,
+            retry_backoff_ms: 500,
+        }
+    }
+}
+
+impl Default for SaleConfig {
+    fn default() -> Self {
+        Self {
+            payment_timeout_secs: 600,
+            rounds_cache_ms: 1_000,
+            max_qty: 100,
+        }
+    }
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("pages"),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `SECKILL__*` environment
+    /// variables (e.g. `SECKILL__REDIS__URL`), validated.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "file",
+                    format!("{} does not exist", path.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("SECKILL__").split("__"));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every rule a running backend relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.auth
+            .validate()
+            .map_err(|r| invalid("auth.secret", r))?;
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if self.redis.timeout_ms == 0 {
+            return Err(invalid("redis.timeout_ms", "must be positive"));
+        }
+        let p = &self.redis.key_prefix;
+        if p.is_empty() || p.len() > 64 || p.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "redis.key_prefix",
+                "1-64 characters without braces or spaces",
+            ));
+        }
+        if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://"))
+        {
+            return Err(invalid(
+                "rabbitmq.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.rabbitmq.queue.is_empty() || self.rabbitmq.queue.len() > 200 {
+            return Err(invalid("rabbitmq.queue", "1-200 characters"));
+        }
+        if self.rabbitmq.confirm_timeout_ms == 0 || self.rabbitmq.connect_timeout_ms == 0 {
+            return Err(invalid("rabbitmq", "timeouts must be positive"));
+        }
+        if self.rabbitmq.delivery_limit == 0 {
+            return Err(invalid("rabbitmq.delivery_limit", "must be positive"));
+        }
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err(invalid("database.url", "must be sqlite:… or postgres://…"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be positive"));
+        }
+        if self.writer.batch_size == 0 || self.writer.batch_size > 10_000 {
+            return Err(invalid("writer.batch_size", "1-10000"));
+        }
+        if self.writer.prefetch == 0 {
+            return Err(invalid("writer.prefetch", "must be positive"));
+        }
+        if self.sale.payment_timeout_secs == 0 {
+            return Err(invalid("sale.payment_timeout_secs", "must be positive"));
+        }
+        if self.sale.max_qty < 1 || self.sale.max_qty > 1_000_000 {
+            return Err(invalid("sale.max_qty", "1-1000000"));
+        }
+        if self.http.max_body_bytes < 64 {
+            return Err(invalid("http.max_body_bytes", "at least 64"));
+        }
+        if self.pages.dir.as_os_str().is_empty() {
+            return Err(invalid("pages.dir", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.http.shutdown_grace_ms)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http", &self.http)
+            .field("auth", &self.auth)
+            .field("redis", &self.redis)
+            .field("rabbitmq", &self.rabbitmq)
+            .field("database", &self.database)
+            .field("writer", &self.writer)
+            .field("sale", &self.sale)
+            .field("pages", &self.pages)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn short_secret_is_refused() {
+        let mut c = Config::default();
+        c.auth.secret = "short".into();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "auth.secret",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn braces_in_prefix_are_refused() {
+        let mut c = Config::default();
+        c.redis.key_prefix = "a{b}".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let s = format!("{:?}", Config::default());
+        assert!(!s.contains("dev-only-secret"));
+    }
+}

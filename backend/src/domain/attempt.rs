@@ -1,0 +1,149 @@
+//! Attempt ids and statuses.
+//!
+//! An attempt id names the item it belongs to, `<round>-<item>-<ulid>`, so
+//! the attempt's Redis keys (which share the item's hash tag) can be found
+//! from the id alone, and ids sort by creation time within an item. An
+//! order's id is its attempt's id: there is exactly one order per attempt.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AttemptId {
+    pub round_id: i64,
+    pub item_id: i64,
+    pub ulid: ulid::Ulid,
+}
+
+impl AttemptId {
+    pub fn new(round_id: i64, item_id: i64, now_ms: i64) -> Self {
+        let ulid = ulid::Ulid::from_parts(now_ms.max(0) as u64, rand_bits());
+        Self {
+            round_id,
+            item_id,
+            ulid,
+        }
+    }
+}
+
+fn rand_bits() -> u128 {
+    // The ulid generator's own randomness; only the low 80 bits are used.
+    ulid::Ulid::new().random()
+}
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.round_id, self.item_id, self.ulid)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not an attempt id")]
+pub struct BadAttemptId;
+
+impl FromStr for AttemptId {
+    type Err = BadAttemptId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() > 80 {
+            return Err(BadAttemptId);
+        }
+        let mut it = s.splitn(3, '-');
+        let r = it.next().ok_or(BadAttemptId)?;
+        let i = it.next().ok_or(BadAttemptId)?;
+        let u = it.next().ok_or(BadAttemptId)?;
+        let round_id = parse_id(r).ok_or(BadAttemptId)?;
+        let item_id = parse_id(i).ok_or(BadAttemptId)?;
+        let ulid = ulid::Ulid::from_string(u).map_err(|_| BadAttemptId)?;
+        Ok(Self {
+            round_id,
+            item_id,
+            ulid,
+        })
+    }
+}
+
+/// Parses a positive decimal id as written in paths (no sign, no padding).
+pub fn parse_id(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0')
+    {
+        return None;
+    }
+    s.parse().ok().filter(|v: &i64| *v > 0)
+}
+
+/// Where an attempt is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptStatus {
+    /// Units reserved; the order message is queued (or being confirmed).
+    Queued,
+    /// The order is durable in the database.
+    Ordered,
+    /// Units returned to stock; see the reason.
+    Cancelled,
+}
+
+impl AttemptStatus {
+    /// Maps the Redis status (which also knows the writer's internal
+    /// `writing` step) to what a buyer sees.
+    pub fn from_redis(s: &str) -> Option<Self> {
+        match s {
+            "queued" | "writing" => Some(Self::Queued),
+            "ordered" => Some(Self::Ordered),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Ordered => "ordered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_round_trips() {
+        let id = AttemptId::new(42, 7, 1_700_000_000_000);
+        let s = id.to_string();
+        assert!(s.starts_with("42-7-"));
+        assert_eq!(s.parse::<AttemptId>().unwrap(), id);
+    }
+
+    #[test]
+    fn bad_ids() {
+        for s in [
+            "",
+            "1-2",
+            "x-2-01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "0-2-01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "1-2-notaulid",
+            "-1-2-01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "01-2-01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        ] {
+            assert!(s.parse::<AttemptId>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = AttemptId::new(1, 1, 1000).to_string();
+        let b = AttemptId::new(1, 1, 2000).to_string();
+        assert!(a < b);
+    }
+
+    #[test]
+    fn parse_id_rules() {
+        assert_eq!(parse_id("12"), Some(12));
+        assert_eq!(parse_id("0"), None);
+        assert_eq!(parse_id("+1"), None);
+        assert_eq!(parse_id("99999999999999999999"), None);
+    }
+}

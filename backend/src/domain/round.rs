@@ -1,0 +1,288 @@
+//! Rounds (sale windows) and their items: validation of a new round and the
+//! approval state machine.
+//!
+//! `draft → submitted → approved`, or `submitted → rejected`; a rejected
+//! round can be edited back to draft by resubmitting. Only an approved round
+//! is preheated and visible to buyers, and its reviewer must not be the
+//! operator who submitted it.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundStatus {
+    Draft,
+    Submitted,
+    Approved,
+    Rejected,
+}
+
+impl RoundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Submitted => "submitted",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "draft" => Self::Draft,
+            "submitted" => Self::Submitted,
+            "approved" => Self::Approved,
+            "rejected" => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// A requested change of a round's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Submit,
+    Approve,
+    Reject,
+}
+
+/// Why a transition is not allowed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransitionError {
+    #[error("a round cannot be {verb} while it is {from}")]
+    WrongState {
+        verb: &'static str,
+        from: &'static str,
+    },
+    #[error("the operator who submitted a round cannot review it")]
+    SelfReview,
+}
+
+impl Transition {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Submit => "submitted",
+            Self::Approve => "approved",
+            Self::Reject => "rejected",
+        }
+    }
+
+    /// The status after this transition, given who submitted the round and
+    /// who asks now.
+    pub fn apply(
+        self,
+        from: RoundStatus,
+        submitted_by: Option<&str>,
+        actor: &str,
+    ) -> Result<RoundStatus, TransitionError> {
+        use RoundStatus::*;
+        let wrong = || TransitionError::WrongState {
+            verb: self.verb(),
+            from: from.as_str(),
+        };
+        match self {
+            Self::Submit => match from {
+                Draft | Rejected => Ok(Submitted),
+                _ => Err(wrong()),
+            },
+            Self::Approve | Self::Reject => {
+                if from != Submitted {
+                    return Err(wrong());
+                }
+                if submitted_by == Some(actor) {
+                    return Err(TransitionError::SelfReview);
+                }
+                Ok(if self == Self::Approve {
+                    Approved
+                } else {
+                    Rejected
+                })
+            }
+        }
+    }
+}
+
+/// A round as an operator submits it, before validation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoundBody {
+    pub name: String,
+    pub starts_at: chrono::DateTime<chrono::FixedOffset>,
+    pub ends_at: chrono::DateTime<chrono::FixedOffset>,
+    pub items: Vec<NewItemBody>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItemBody {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub image_url: String,
+    pub original_price_cents: i64,
+    pub sale_price_cents: i64,
+    pub stock: i64,
+    #[serde(default)]
+    pub per_user_limit: Option<i64>,
+}
+
+/// A validated round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRound {
+    pub name: String,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub items: Vec<NewItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewItem {
+    pub title: String,
+    pub description: String,
+    pub image_url: String,
+    pub original_price_cents: i64,
+    pub sale_price_cents: i64,
+    pub stock: i64,
+    pub per_user_limit: i64,
+}
+
+pub const MAX_ITEMS: usize = 100;
+pub const MAX_STOCK: i64 = 10_000_000;
+pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+
+impl NewRound {
+    pub fn parse(body: NewRoundBody) -> Result<Self, String> {
+        let name = body.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err("name must be 1-200 characters".into());
+        }
+        let starts_at_ms = body.starts_at.timestamp_millis();
+        let ends_at_ms = body.ends_at.timestamp_millis();
+        if ends_at_ms <= starts_at_ms {
+            return Err("ends_at must be after starts_at".into());
+        }
+        if body.items.is_empty() || body.items.len() > MAX_ITEMS {
+            return Err(format!("a round has 1-{MAX_ITEMS} items"));
+        }
+        let items = body
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(i, it)| NewItem::parse(it).map_err(|e| format!("items[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name,
+            starts_at_ms,
+            ends_at_ms,
+            items,
+        })
+    }
+}
+
+impl NewItem {
+    pub fn parse(b: NewItemBody) -> Result<Self, String> {
+        let title = b.title.trim().to_owned();
+        if title.is_empty() || title.chars().count() > 200 {
+            return Err("title must be 1-200 characters".into());
+        }
+        if b.description.chars().count() > 10_000 {
+            return Err("description must be at most 10000 characters".into());
+        }
+        let image_url = b.image_url.trim().to_owned();
+        if !(image_url.is_empty()
+            || image_url.starts_with("https://")
+            || image_url.starts_with("http://")
+            || image_url.starts_with('/'))
+            || image_url.len() > 2000
+            || image_url.contains(['"', '<', '>', ' '])
+        {
+            return Err("image_url must be an http(s) URL or an absolute path".into());
+        }
+        for (field, v) in [
+            ("original_price_cents", b.original_price_cents),
+            ("sale_price_cents", b.sale_price_cents),
+        ] {
+            if !(0..=MAX_PRICE_CENTS).contains(&v) {
+                return Err(format!("{field} must be 0-{MAX_PRICE_CENTS}"));
+            }
+        }
+        if !(1..=MAX_STOCK).contains(&b.stock) {
+            return Err(format!("stock must be 1-{MAX_STOCK}"));
+        }
+        let per_user_limit = b.per_user_limit.unwrap_or(1);
+        if per_user_limit < 1 || per_user_limit > b.stock {
+            return Err("per_user_limit must be between 1 and stock".into());
+        }
+        Ok(Self {
+            title,
+            description: b.description,
+            image_url,
+            original_price_cents: b.original_price_cents,
+            sale_price_cents: b.sale_price_cents,
+            stock: b.stock,
+            per_user_limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RoundStatus::*;
+
+    #[test]
+    fn approval_needs_another_person() {
+        let t = Transition::Approve;
+        assert_eq!(
+            t.apply(Submitted, Some("op"), "op"),
+            Err(TransitionError::SelfReview)
+        );
+        assert_eq!(t.apply(Submitted, Some("op"), "boss"), Ok(Approved));
+        assert!(t.apply(Draft, None, "boss").is_err());
+        assert!(t.apply(Approved, Some("op"), "boss").is_err());
+        assert_eq!(
+            Transition::Reject.apply(Submitted, Some("op"), "boss"),
+            Ok(Rejected)
+        );
+        assert_eq!(
+            Transition::Submit.apply(Rejected, None, "op"),
+            Ok(Submitted)
+        );
+        assert!(Transition::Submit.apply(Approved, None, "op").is_err());
+    }
+
+    fn body(items: serde_json::Value) -> NewRoundBody {
+        serde_json::from_value(serde_json::json!({
+            "name": "Singles day",
+            "starts_at": "2026-11-11T00:00:00Z",
+            "ends_at": "2026-11-11T01:00:00+00:00",
+            "items": items,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_a_round() {
+        let r = NewRound::parse(body(serde_json::json!([{
+            "title": "Phone", "original_price_cents": 99900, "sale_price_cents": 100, "stock": 50
+        }])))
+        .unwrap();
+        assert_eq!(r.items[0].per_user_limit, 1);
+        assert_eq!(r.ends_at_ms - r.starts_at_ms, 3_600_000);
+    }
+
+    #[test]
+    fn refuses_bad_items() {
+        for it in [
+            serde_json::json!({"title": "", "original_price_cents": 1, "sale_price_cents": 1, "stock": 1}),
+            serde_json::json!({"title": "a", "original_price_cents": -1, "sale_price_cents": 1, "stock": 1}),
+            serde_json::json!({"title": "a", "original_price_cents": 1, "sale_price_cents": 1, "stock": 0}),
+            serde_json::json!({"title": "a", "original_price_cents": 1, "sale_price_cents": 1, "stock": 2, "per_user_limit": 3}),
+            serde_json::json!({"title": "a", "original_price_cents": 1, "sale_price_cents": 1, "stock": 2, "image_url": "javascript:x"}),
+        ] {
+            assert!(NewRound::parse(body(serde_json::json!([it]))).is_err());
+        }
+        assert!(NewRound::parse(body(serde_json::json!([]))).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Seckill backend: the admin API that opens a sale, the buy path that
+//! reserves stock atomically in Redis and queues a confirmed order message,
+//! the order writer that turns messages into orders, and status polling.
+//!
+//! Layout:
+//! - [`config`] — typed, layered, validated configuration
+//! - [`auth`] — HS256 bearer tokens shared with the edge
+//! - [`domain`] — pure types: rounds and approval, attempts, buy requests
+//! - [`store`] — Redis sale state (scripts in `lua/redis/`) and the database
+//! - [`queue`] — RabbitMQ topology, confirmed publisher, order writer
+//! - [`routes`] — thin HTTP handlers and the JSON error type
+//! - [`pages`] — static sale pages rendered at approval
+//! - [`startup`] — wiring, serving, graceful shutdown
+//! - [`cli`], [`telemetry`], [`clock`]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod pages;
+pub mod queue;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+/// Bearer tokens, shared with the edge.
+pub use seckill_proto::auth;

@@ -1,0 +1,12 @@
+//! The order queue on RabbitMQ: the message format, the queue topology, the
+//! confirmed publisher used by the buy path, and the order writer that turns
+//! messages into orders.
+
+pub mod message;
+pub mod publisher;
+pub mod topology;
+pub mod writer;
+
+pub use message::OrderMessage;
+pub use publisher::{PublishError, Publisher};
+pub use writer::{OrderWriter, WriterHooks};

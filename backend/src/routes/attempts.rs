@@ -1,0 +1,52 @@
+//! `GET /api/attempts/{attempt_id}`: an attempt's status, for its owner only
+//! (anyone else gets the same 404 as for an unknown id).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use serde_json::{Value, json};
+
+use super::{AppState, error::ApiError, extract::Caller};
+use crate::domain::{AttemptId, AttemptStatus};
+
+#[tracing::instrument(name = "attempt", skip_all, fields(attempt_id = %raw))]
+pub async fn get(
+    State(st): State<AppState>,
+    Caller(claims): Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: AttemptId = raw.parse().map_err(|_| ApiError::not_found())?;
+    let rec = st
+        .sale
+        .attempt(&id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if rec.user != claims.sub {
+        return Err(ApiError::not_found());
+    }
+    let status = AttemptStatus::from_redis(&rec.status).unwrap_or(AttemptStatus::Queued);
+    let mut body = json!({
+        "attempt_id": raw,
+        "status": status.as_str(),
+        "round_id": id.round_id,
+        "item_id": id.item_id,
+        "qty": rec.qty,
+        "unit_price_cents": rec.price_cents,
+        "created_at_ms": rec.created_ms,
+    });
+    let obj = body.as_object_mut().expect("object");
+    if status == AttemptStatus::Ordered {
+        obj.insert("order_id".into(), json!(rec.order_id));
+        if let Some(ms) = rec.pay_by_ms {
+            obj.insert("pay_by_ms".into(), json!(ms));
+            if let Some(t) = chrono::DateTime::from_timestamp_millis(ms) {
+                obj.insert("pay_by".into(), json!(t.to_rfc3339()));
+            }
+        }
+    }
+    if status == AttemptStatus::Cancelled {
+        obj.insert("reason".into(), json!(rec.reason));
+    }
+    Ok(Json(body))
+}

@@ -1,0 +1,164 @@
+//! The HTTP error of every route: a stable `error` code, a human `message`,
+//! optional extra fields, and a fitting status. Internals are logged, never
+//! sent.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value, json};
+
+use crate::{auth::TokenError, store::StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{message}")]
+    LimitExceeded {
+        message: String,
+        extra: Map<String, Value>,
+    },
+    #[error("the sale has not started")]
+    NotStarted { starts_at_ms: i64 },
+    #[error("{0}")]
+    SoldOut(String, Map<String, Value>),
+    #[error("the sale has ended")]
+    Ended,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable code of the HTTP contract (`seckill_proto::errors`).
+    pub fn code(&self) -> &'static str {
+        use seckill_proto::errors as e;
+        match self {
+            Self::Unauthorized(_) => e::UNAUTHORIZED,
+            Self::Forbidden(_) => e::FORBIDDEN,
+            Self::NotFound(_) => e::NOT_FOUND,
+            Self::BadRequest(_) => e::BAD_REQUEST,
+            Self::UnsupportedMediaType => e::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => e::PAYLOAD_TOO_LARGE,
+            Self::LimitExceeded { .. } => e::LIMIT_EXCEEDED,
+            Self::NotStarted { .. } => e::NOT_STARTED,
+            Self::SoldOut(..) => e::SOLD_OUT,
+            Self::Ended => e::ENDED,
+            Self::Conflict(_) => e::CONFLICT,
+            Self::Unavailable(_) => e::UNAVAILABLE,
+            Self::Internal(_) => e::INTERNAL,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotStarted { .. } => StatusCode::TOO_EARLY,
+            Self::SoldOut(..) | Self::Ended => StatusCode::GONE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::NotFound("no such resource".into())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        Self::Unauthorized(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage failure");
+        Self::Unavailable("a storage service is unavailable; try again".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("error".into(), json!(self.code()));
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(detail, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        body.insert("message".into(), json!(message));
+        match &self {
+            Self::NotStarted { starts_at_ms } => {
+                body.insert("starts_at_ms".into(), json!(starts_at_ms));
+                if let Some(t) = chrono::DateTime::from_timestamp_millis(*starts_at_ms) {
+                    body.insert("starts_at".into(), json!(t.to_rfc3339()));
+                }
+            }
+            Self::LimitExceeded { extra, .. } | Self::SoldOut(_, extra) => {
+                body.extend(extra.clone());
+            }
+            _ => {}
+        }
+        (self.status(), Json(Value::Object(body))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_the_shared_contract() {
+        let all = [
+            ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::BadRequest(String::new()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge(1),
+            ApiError::LimitExceeded {
+                message: String::new(),
+                extra: Map::new(),
+            },
+            ApiError::NotStarted { starts_at_ms: 0 },
+            ApiError::SoldOut(String::new(), Map::new()),
+            ApiError::Ended,
+            ApiError::Conflict(String::new()),
+            ApiError::Unavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        for e in all {
+            assert_eq!(
+                seckill_proto::errors::status_of(e.code()),
+                Some(e.status().as_u16()),
+                "{}",
+                e.code()
+            );
+        }
+    }
+}

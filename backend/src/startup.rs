@@ -1,0 +1,213 @@
+//! Builds the application from a validated [`Config`] and runs it until a
+//! shutdown signal: API server, metrics server and order writer.
+//!
+//! Shutdown order: stop accepting and finish in-flight requests (every buy
+//! ends confirmed or released), then stop the writer, which commits and acks
+//! the batch in hand; all within the configured grace period.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, routing::get};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::Config,
+    pages::PageRenderer,
+    queue::{OrderWriter, Publisher, WriterHooks},
+    routes::{self, AppState},
+    store::{SaleStore, db},
+    telemetry,
+};
+
+/// Things tests (and only tests) replace.
+#[derive(Clone)]
+pub struct BuildOptions {
+    pub clock: Arc<dyn Clock>,
+    pub writer_hooks: WriterHooks,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            writer_hooks: WriterHooks::default(),
+        }
+    }
+}
+
+/// A built, bound, not yet running backend.
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    state: AppState,
+    writer: Option<OrderWriter>,
+}
+
+impl Application {
+    /// Connects to Redis and the database (running migrations), prepares the
+    /// publisher, and binds the listeners.
+    pub async fn build(config: Config, opts: BuildOptions) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let (sale, db) = connect_stores(&config).await?;
+        let publisher = Arc::new(Publisher::new(config.rabbitmq.clone()));
+        if let Err(e) = publisher.warm_up().await {
+            tracing::warn!(error = %e, "rabbitmq not reachable yet; buys answer 503 until it is");
+        }
+        let pages = Arc::new(PageRenderer::new(config.pages.dir.clone()));
+        pages
+            .write_assets()
+            .await
+            .with_context(|| format!("writing assets into {}", config.pages.dir.display()))?;
+        let state = AppState {
+            tokens: Arc::new(config.auth.keys()),
+            sale: sale.clone(),
+            db: db.clone(),
+            publisher,
+            clock: opts.clock.clone(),
+            rounds_cache: moka::future::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(Duration::from_millis(config.sale.rounds_cache_ms.max(1)))
+                .build(),
+            pages,
+            config: config.clone(),
+        };
+        let writer = config.writer.enabled.then(|| {
+            OrderWriter::new(
+                &config,
+                sale,
+                db,
+                opts.clock.clone(),
+                opts.writer_hooks.clone(),
+            )
+        });
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("binding {}", config.http.listen))?;
+        let metrics_listener = match config.http.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+            writer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let grace = self.state.config.shutdown_grace();
+        let writer_stop = CancellationToken::new();
+        let writer_task = self
+            .writer
+            .map(|w| tokio::spawn(w.run(writer_stop.clone())));
+
+        let metrics_task = self.metrics_listener.map(|l| {
+            let handle = telemetry::metrics_handle();
+            let app = Router::new().route("/metrics", get(move || async move { handle.render() }));
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        });
+        telemetry::metrics_handle();
+
+        let app = routes::router(self.state.clone());
+        let server = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = server.await;
+        tracing::info!("api server stopped accepting; in-flight requests finished");
+
+        writer_stop.cancel();
+        if let Some(t) = writer_task
+            && tokio::time::timeout(grace, t).await.is_err()
+        {
+            tracing::warn!(?grace, "order writer did not stop within the grace period");
+        }
+        if let Some(t) = metrics_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        served.context("api server")
+    }
+}
+
+/// Runs only the order writer until `shutdown` (the `worker` mode).
+pub async fn run_worker(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (sale, db) = connect_stores(&config).await?;
+    OrderWriter::new(
+        &config,
+        sale,
+        db,
+        Arc::new(SystemClock),
+        WriterHooks::default(),
+    )
+    .run(shutdown)
+    .await;
+    Ok(())
+}
+
+/// Connects to Redis (loading the scripts) and to the database (running
+/// migrations).
+pub async fn connect_stores(config: &Config) -> anyhow::Result<(SaleStore, DatabaseConnection)> {
+    let sale = SaleStore::connect(
+        &config.redis.url,
+        &config.redis.key_prefix,
+        Duration::from_millis(config.redis.timeout_ms),
+    )
+    .await
+    .context("connecting to redis")?;
+    let db = db::connect_and_migrate(&config.database.url, config.database.max_connections)
+        .await
+        .context("connecting to the database")?;
+    Ok((sale, db))
+}
+
+/// Cancels the returned token on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,59 @@
+//! The Redis key layout. Every key of one item shares the hash tag
+//! `{r<round>:i<item>}` so one script can touch them all in Redis Cluster:
+//!
+//! - `<prefix>:{r1:i2}:stock` — hash: total, available, reserved, sold,
+//!   starts_ms, ends_ms, per_user_limit, price_cents
+//! - `<prefix>:{r1:i2}:info` — hash: the item's public data
+//! - `<prefix>:{r1:i2}:buyers` — hash: user id → attempt id
+//! - `<prefix>:{r1:i2}:attempt:<attempt id>` — hash: user, qty, status,
+//!   created_ms, idem, price_cents, order_id, pay_by_ms, reason
+
+/// Builds the keys of one item.
+#[derive(Clone, Debug)]
+pub struct ItemKeys {
+    base: String,
+}
+
+impl ItemKeys {
+    pub fn new(prefix: &str, round_id: i64, item_id: i64) -> Self {
+        Self {
+            base: format!("{prefix}:{{r{round_id}:i{item_id}}}"),
+        }
+    }
+
+    pub fn stock(&self) -> String {
+        format!("{}:stock", self.base)
+    }
+
+    pub fn info(&self) -> String {
+        format!("{}:info", self.base)
+    }
+
+    pub fn buyers(&self) -> String {
+        format!("{}:buyers", self.base)
+    }
+
+    /// The prefix an attempt id is appended to.
+    pub fn attempt_prefix(&self) -> String {
+        format!("{}:attempt:", self.base)
+    }
+
+    pub fn attempt(&self, attempt_id: &str) -> String {
+        format!("{}:attempt:{attempt_id}", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        let k = ItemKeys::new("sk", 42, 7);
+        assert_eq!(k.stock(), "sk:{r42:i7}:stock");
+        assert_eq!(k.attempt("42-7-X"), "sk:{r42:i7}:attempt:42-7-X");
+        for key in [k.stock(), k.info(), k.buyers(), k.attempt("a")] {
+            assert!(key.contains("{r42:i7}"));
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Storage: Redis (live sale state, changed only through the scripts in
+//! `lua/redis/`) and the SQL database (rounds, items, orders) through sea-orm.
+//!
+//! Nothing here knows about HTTP; callers get typed results and
+//! [`StoreError`]s.
+
+pub mod db;
+pub mod entities;
+pub mod keys;
+pub mod orders;
+pub mod rounds;
+pub mod sale;
+
+pub use sale::SaleStore;
+
+/// A storage call that failed for a reason the caller cannot fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("unexpected reply from a redis script: {0}")]
+    Protocol(String),
+}

@@ -1,0 +1,339 @@
+//! Live sale state in Redis: preheat, reserve, release, claim, mark ordered,
+//! and the reads behind status polling and the counters endpoint.
+//!
+//! Every write is one of the Lua scripts in `lua/redis/`, embedded at build
+//! time, run with EVALSHA (`redis::Script` reloads a script and retries when
+//! the server answers NOSCRIPT, e.g. after a restart or failover).
+
+use std::{collections::HashMap, time::Duration};
+
+use redis::{
+    AsyncCommands, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use serde::Serialize;
+
+use super::{StoreError, keys::ItemKeys};
+use crate::domain::AttemptId;
+
+const RESERVE: &str = include_str!("../../../lua/redis/reserve.lua");
+const RELEASE: &str = include_str!("../../../lua/redis/release.lua");
+const CLAIM: &str = include_str!("../../../lua/redis/claim.lua");
+const MARK_ORDERED: &str = include_str!("../../../lua/redis/mark_ordered.lua");
+const PREHEAT: &str = include_str!("../../../lua/redis/preheat.lua");
+
+struct Scripts {
+    reserve: Script,
+    release: Script,
+    claim: Script,
+    mark_ordered: Script,
+    preheat: Script,
+}
+
+/// Handle on the sale state of every item under one key prefix.
+#[derive(Clone)]
+pub struct SaleStore {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+/// What the reserve script decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved {
+        price_cents: i64,
+    },
+    Duplicate {
+        attempt_id: String,
+        status: String,
+    },
+    Limit {
+        held_attempt: Option<String>,
+        held_qty: i64,
+        limit: i64,
+    },
+    Unknown,
+    NotStarted {
+        starts_ms: i64,
+    },
+    Ended,
+    SoldOut,
+    Insufficient {
+        available: i64,
+    },
+}
+
+/// An item's counters; `available + reserved + sold == total` always.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub total: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+/// The data preheat loads for one item.
+#[derive(Clone, Debug)]
+pub struct Preheat<'a> {
+    pub round_id: i64,
+    pub item_id: i64,
+    pub stock: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: i64,
+    pub price_cents: i64,
+    pub info: Vec<(&'a str, String)>,
+}
+
+/// An attempt as stored in Redis.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptRecord {
+    pub user: String,
+    pub qty: i64,
+    pub status: String,
+    pub created_ms: i64,
+    pub price_cents: i64,
+    pub order_id: Option<String>,
+    pub pay_by_ms: Option<i64>,
+    pub reason: Option<String>,
+}
+
+impl SaleStore {
+    /// Connects (the manager reconnects by itself afterwards) and loads the
+    /// scripts.
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let store = Self {
+            conn,
+            prefix: prefix.to_owned(),
+            scripts: std::sync::Arc::new(Scripts {
+                reserve: Script::new(RESERVE),
+                release: Script::new(RELEASE),
+                claim: Script::new(CLAIM),
+                mark_ordered: Script::new(MARK_ORDERED),
+                preheat: Script::new(PREHEAT),
+            }),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// SCRIPT LOAD every script, so the hot path only sends EVALSHA.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let s = &self.scripts;
+        for script in [
+            &s.reserve,
+            &s.release,
+            &s.claim,
+            &s.mark_ordered,
+            &s.preheat,
+        ] {
+            script.prepare_invoke().load_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    pub fn keys(&self, round_id: i64, item_id: i64) -> ItemKeys {
+        ItemKeys::new(&self.prefix, round_id, item_id)
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Creates an item's counters unless they exist; returns whether it did.
+    pub async fn preheat(&self, p: &Preheat<'_>) -> Result<bool, StoreError> {
+        let k = self.keys(p.round_id, p.item_id);
+        let mut inv = self.scripts.preheat.key(k.stock());
+        inv.key(k.info())
+            .arg(p.stock)
+            .arg(p.starts_ms)
+            .arg(p.ends_ms)
+            .arg(p.per_user_limit)
+            .arg(p.price_cents);
+        for (f, v) in &p.info {
+            inv.arg(*f).arg(v);
+        }
+        let created: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(created == 1)
+    }
+
+    /// Runs the reserve script for one buyer.
+    pub async fn reserve(
+        &self,
+        id: &AttemptId,
+        user: &str,
+        qty: i64,
+        now_ms: i64,
+        idempotency_key: &str,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let attempt_id = id.to_string();
+        let reply: Vec<String> = self
+            .scripts
+            .reserve
+            .key(k.stock())
+            .key(k.buyers())
+            .key(k.attempt(&attempt_id))
+            .arg(user)
+            .arg(qty)
+            .arg(now_ms)
+            .arg(&attempt_id)
+            .arg(idempotency_key)
+            .arg(k.attempt_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        parse_reserve(&reply)
+    }
+
+    /// Gives a live attempt's units back. Returns `released`, `missing`, or
+    /// the attempt's status when it had already moved on.
+    pub async fn release(
+        &self,
+        id: &AttemptId,
+        reason: &str,
+        now_ms: i64,
+        allow_writing: bool,
+    ) -> Result<String, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let attempt_id = id.to_string();
+        Ok(self
+            .scripts
+            .release
+            .key(k.stock())
+            .key(k.buyers())
+            .key(k.attempt(&attempt_id))
+            .arg(&attempt_id)
+            .arg(reason)
+            .arg(now_ms)
+            .arg(if allow_writing { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// The order writer's claim on an attempt (see `claim.lua`).
+    pub async fn claim(&self, id: &AttemptId, now_ms: i64) -> Result<String, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        Ok(self
+            .scripts
+            .claim
+            .key(k.attempt(&id.to_string()))
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Records the durable order on the attempt.
+    pub async fn mark_ordered(
+        &self,
+        id: &AttemptId,
+        order_id: &str,
+        pay_by_ms: i64,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        Ok(self
+            .scripts
+            .mark_ordered
+            .key(k.attempt(&id.to_string()))
+            .arg(order_id)
+            .arg(pay_by_ms)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// An item's counters, `None` if it was never preheated.
+    pub async fn counters(
+        &self,
+        round_id: i64,
+        item_id: i64,
+    ) -> Result<Option<Counters>, StoreError> {
+        let k = self.keys(round_id, item_id);
+        let v: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(k.stock())
+            .arg(&["total", "available", "reserved", "sold"])
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(match v.as_slice() {
+            [Some(total), Some(available), Some(reserved), Some(sold)] => Some(Counters {
+                total: *total,
+                available: *available,
+                reserved: *reserved,
+                sold: *sold,
+            }),
+            _ => None,
+        })
+    }
+
+    /// An attempt's record, `None` if unknown.
+    pub async fn attempt(&self, id: &AttemptId) -> Result<Option<AttemptRecord>, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let map: HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(k.attempt(&id.to_string()))
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        let num = |f: &str| map.get(f).and_then(|v| v.parse::<i64>().ok());
+        Ok(Some(AttemptRecord {
+            user: map.get("user").cloned().unwrap_or_default(),
+            qty: num("qty").unwrap_or(0),
+            status: map.get("status").cloned().unwrap_or_default(),
+            created_ms: num("created_ms").unwrap_or(0),
+            price_cents: num("price_cents").unwrap_or(0),
+            order_id: map.get("order_id").cloned(),
+            pay_by_ms: num("pay_by_ms"),
+            reason: map.get("reason").cloned(),
+        }))
+    }
+
+    /// The attempt a buyer holds for an item, if any.
+    pub async fn buyer_attempt(
+        &self,
+        round_id: i64,
+        item_id: i64,
+        user: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let k = self.keys(round_id, item_id);
+        Ok(self.conn.clone().hget(k.buyers(), user).await?)
+    }
+}
+
+fn parse_reserve(reply: &[String]) -> Result<ReserveOutcome, StoreError> {
+    let bad = || StoreError::Protocol(format!("reserve: {reply:?}"));
+    let num = |i: usize| -> Result<i64, StoreError> {
+        reply.get(i).and_then(|v| v.parse().ok()).ok_or_else(bad)
+    };
+    let s = |i: usize| -> Result<String, StoreError> { reply.get(i).cloned().ok_or_else(bad) };
+    Ok(match reply.first().map(String::as_str) {
+        Some("reserved") => ReserveOutcome::Reserved {
+            price_cents: num(2)?,
+        },
+        Some("duplicate") => ReserveOutcome::Duplicate {
+            attempt_id: s(1)?,
+            status: s(2)?,
+        },
+        Some("limit") => ReserveOutcome::Limit {
+            held_attempt: Some(s(1)?).filter(|v| !v.is_empty()),
+            held_qty: num(2)?,
+            limit: num(3)?,
+        },
+        Some("unknown") => ReserveOutcome::Unknown,
+        Some("not_started") => ReserveOutcome::NotStarted { starts_ms: num(1)? },
+        Some("ended") => ReserveOutcome::Ended,
+        Some("sold_out") => ReserveOutcome::SoldOut,
+        Some("insufficient") => ReserveOutcome::Insufficient { available: num(1)? },
+        _ => return Err(bad()),
+    })
+}

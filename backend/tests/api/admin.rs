@@ -1,0 +1,187 @@
+//! Rounds: approval by a different person, visibility, roles, counters.
+
+use seckill_backend::auth::Role;
+use serde_json::json;
+
+use crate::helpers::{TestApp, item};
+
+#[tokio::test]
+async fn approval_needs_a_different_approver_and_gates_the_sale() {
+    let app = TestApp::spawn().await;
+    let round = app
+        .create_round(json!([item(5, 1)]), -1_000, 3_600_000)
+        .await;
+    let id = round["id"].as_i64().unwrap();
+    let item_id = round["items"][0]["id"].as_i64().unwrap();
+    assert_eq!(round["status"], "draft");
+
+    let buyer = app.token("bea", Role::Buyer);
+    // Not approved: invisible and unbuyable.
+    let (s, v) = app.get("/api/rounds", &buyer).await;
+    assert_eq!(s, 200);
+    assert!(
+        v["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"] != id)
+    );
+    let (s, v) = app.buy(id, item_id, &buyer, 1).await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("not_found")));
+
+    // A buyer cannot use admin paths.
+    let r = app
+        .post_json(&format!("/admin/rounds/{id}/submit"), &buyer, None)
+        .await;
+    assert_eq!(r.status(), 403);
+    let (s, _) = app.get(&format!("/admin/rounds/{id}"), &buyer).await;
+    assert_eq!(s, 403);
+
+    // The submitter, even holding an approver token, cannot approve.
+    let sub_as_approver = app.token("operator-1", Role::Approver);
+    let r = app
+        .post_json(
+            &format!("/admin/rounds/{id}/approve"),
+            &sub_as_approver,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 409, "a draft cannot be approved");
+    let op = app.token("operator-1", Role::Operator);
+    let r = app
+        .post_json(&format!("/admin/rounds/{id}/submit"), &op, None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = app
+        .post_json(
+            &format!("/admin/rounds/{id}/approve"),
+            &sub_as_approver,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "forbidden");
+    // An operator cannot approve at all.
+    let other_op = app.token("operator-2", Role::Operator);
+    let r = app
+        .post_json(&format!("/admin/rounds/{id}/approve"), &other_op, None)
+        .await;
+    assert_eq!(r.status(), 403);
+
+    let (s, v) = app.buy(id, item_id, &buyer, 1).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("not_found")),
+        "submitted is not approved"
+    );
+
+    let approver = app.token("approver-9", Role::Approver);
+    let r = app
+        .post_json(&format!("/admin/rounds/{id}/approve"), &approver, None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "approved");
+    assert_eq!(v["reviewed_by"], "approver-9");
+    // Approving twice is a conflict, not a second preheat.
+    let r = app
+        .post_json(&format!("/admin/rounds/{id}/approve"), &approver, None)
+        .await;
+    assert_eq!(r.status(), 409);
+
+    // Visible, rendered, buyable.
+    let v = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+        let (_, v) = app.get("/api/rounds", &buyer).await;
+        v["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id)
+            .then_some(v)
+    })
+    .await;
+    let r = v["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap();
+    assert_eq!(r["items"][0]["stock"], 5);
+    assert!(r["items"][0].get("created_by").is_none());
+    let page = app
+        .config
+        .pages
+        .dir
+        .join(format!("sale/{id}/{item_id}/index.html"));
+    let html = std::fs::read_to_string(&page).expect("sale page rendered");
+    assert!(html.contains("Phone"));
+    assert!(app.config.pages.dir.join("assets/sale.js").exists());
+
+    let (s, _) = app.buy(id, item_id, &buyer, 1).await;
+    assert_eq!(s, 202);
+    let (s, v) = app
+        .get(
+            &format!("/admin/rounds/{id}/items/{item_id}/stock"),
+            &approver,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            v["available"].as_i64(),
+            v["reserved"].as_i64(),
+            v["sold"].as_i64()
+        ),
+        (Some(4), Some(1), Some(0))
+    );
+    let (s, _) = app
+        .get(&format!("/admin/rounds/{id}/items/{item_id}/stock"), &buyer)
+        .await;
+    assert_eq!(s, 403);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn rejected_rounds_stay_closed_and_bad_rounds_are_refused() {
+    let app = TestApp::spawn().await;
+    let round = app
+        .create_round(json!([item(5, 1)]), -1_000, 3_600_000)
+        .await;
+    let id = round["id"].as_i64().unwrap();
+    let op = app.token("operator-1", Role::Operator);
+    let approver = app.token("approver-1", Role::Approver);
+    app.post_json(&format!("/admin/rounds/{id}/submit"), &op, None)
+        .await;
+    let r = app
+        .post_json(
+            &format!("/admin/rounds/{id}/reject"),
+            &approver,
+            Some(json!({"reason": "price too low"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["reject_reason"].as_str()),
+        (Some("rejected"), Some("price too low"))
+    );
+    let buyer = app.token("b", Role::Buyer);
+    let (s, _) = app
+        .buy(id, round["items"][0]["id"].as_i64().unwrap(), &buyer, 1)
+        .await;
+    assert_eq!(s, 404);
+
+    for bad in [
+        json!({"name": "x", "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2025-01-01T00:00:00Z", "items": [item(1, 1)]}),
+        json!({"name": "x", "starts_at": "yesterday", "ends_at": "2027-01-01T00:00:00Z", "items": [item(1, 1)]}),
+        json!({"name": "x", "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2027-01-01T00:00:00Z", "items": []}),
+        json!({"name": "x", "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2027-01-01T00:00:00Z", "items": [item(0, 1)]}),
+    ] {
+        let r = app.post_json("/admin/rounds", &op, Some(bad)).await;
+        assert_eq!(r.status(), 400);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "bad_request");
+    }
+    app.teardown().await;
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the backend against real Redis, RabbitMQ, SQLite and
+//! PostgreSQL. Each test gets its own Redis key prefix, queue names, pages
+//! directory and database, so tests run in parallel.
+
+mod admin;
+mod bad_input;
+mod buy;
+#[path = "../common/mod.rs"]
+mod common;
+mod helpers;
+mod resilience;
+mod writer;
