@@ -1,0 +1,309 @@
+//! `ngx.var`, `ngx.req.*` and `ngx.header`: the request as nginx variables,
+//! request-header edits that the host applies upstream, and the response
+//! headers a script sets.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use mlua::{Lua, LuaString, Table, Value};
+
+use super::{codec, with_req};
+use crate::request::{ReqState, header_name_eq};
+
+fn var_value<'a>(st: &'a ReqState, name: &[u8]) -> Option<Cow<'a, [u8]>> {
+    let req = &st.req;
+    let s = |v: &'a str| Some(Cow::Borrowed(v.as_bytes()));
+    match name {
+        b"uri" => s(&req.uri),
+        b"request_uri" => Some(Cow::Owned(req.request_uri().into_bytes())),
+        b"args" | b"query_string" => s(&req.args),
+        b"is_args" => s(if req.args.is_empty() { "" } else { "?" }),
+        b"request_method" => s(&req.method),
+        b"remote_addr" => Some(Cow::Owned(req.remote_addr.to_string().into_bytes())),
+        b"binary_remote_addr" => Some(Cow::Owned(match req.remote_addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        })),
+        b"host" if req.host.is_empty() => req
+            .header_value("host")
+            .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+            .and_then(s),
+        b"host" => s(&req.host),
+        b"scheme" => s(&req.scheme),
+        b"https" => s(if req.scheme == "https" { "on" } else { "" }),
+        b"server_port" => Some(Cow::Owned(req.server_port.to_string().into_bytes())),
+        b"server_protocol" => s("HTTP/1.1"),
+        b"request_time" => {
+            let t = st.request_time.unwrap_or(st.now - st.start).max(0.0);
+            Some(Cow::Owned(format!("{t:.3}").into_bytes()))
+        }
+        b"msec" => Some(Cow::Owned(format!("{:.3}", st.now).into_bytes())),
+        b"status" => st.status.map(|c| Cow::Owned(c.to_string().into_bytes())),
+        _ => {
+            let name = std::str::from_utf8(name).ok()?;
+            if let Some(v) = req.vars.get(name) {
+                return s(v);
+            }
+            if let Some(h) = name.strip_prefix("http_") {
+                return req.header_value(h).and_then(s);
+            }
+            if let Some(a) = name.strip_prefix("arg_") {
+                return arg_value(&req.args, a);
+            }
+            if let Some(c) = name.strip_prefix("cookie_") {
+                return cookie_value(req.header_value("cookie")?, c).and_then(s);
+            }
+            None
+        }
+    }
+}
+
+/// `$arg_NAME`: the raw (still escaped) value of the first matching argument,
+/// name compared case-insensitively as nginx does.
+fn arg_value<'a>(args: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+    args.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k.eq_ignore_ascii_case(name)
+            .then_some(Cow::Borrowed(v.as_bytes()))
+    })
+}
+
+fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// Decodes `a=1&b&c=x+y` into a Lua table as `ngx.req.get_uri_args` does:
+/// flag arguments are `true`, repeated names become arrays.
+fn args_table(lua: &Lua, args: &str, max: usize) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    for (n, pair) in args.split('&').filter(|p| !p.is_empty()).enumerate() {
+        if max > 0 && n >= max {
+            break;
+        }
+        let (k, v) = match pair.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (pair, None),
+        };
+        let key = lua.create_string(codec::unescape(k.as_bytes(), true))?;
+        let val = match v {
+            Some(v) => Value::String(lua.create_string(codec::unescape(v.as_bytes(), true))?),
+            None => Value::Boolean(true),
+        };
+        append_value(lua, &t, key, val)?;
+    }
+    Ok(t)
+}
+
+/// Sets `t[key] = val`, or turns an existing value into an array of values.
+fn append_value(lua: &Lua, t: &Table, key: LuaString, val: Value) -> mlua::Result<()> {
+    match t.raw_get::<Value>(&key)? {
+        Value::Nil => t.raw_set(key, val),
+        Value::Table(arr) => arr.raw_push(val),
+        old => {
+            let arr = lua.create_sequence_from([old, val])?;
+            t.raw_set(key, arr)
+        }
+    }
+}
+
+fn header_values(v: Value) -> mlua::Result<Option<Vec<String>>> {
+    Ok(match v {
+        Value::Nil => None,
+        Value::Table(t) => Some(
+            t.sequence_values::<LuaString>()
+                .map(|s| s.map(|s| s.to_string_lossy()))
+                .collect::<mlua::Result<_>>()?,
+        ),
+        Value::String(s) => Some(vec![s.to_string_lossy()]),
+        Value::Integer(i) => Some(vec![i.to_string()]),
+        Value::Number(n) => Some(vec![codec::fmt_number(n)]),
+        Value::Boolean(b) => Some(vec![b.to_string()]),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "bad header value type {}",
+                other.type_name()
+            )));
+        }
+    })
+}
+
+fn normalize_header(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
+    // ngx.var
+    let var = lua.create_table()?;
+    let var_meta = lua.create_table()?;
+    var_meta.raw_set(
+        "__index",
+        lua.create_function(|lua, (_, name): (Table, LuaString)| {
+            // The Lua string is made while the request is borrowed, saving a
+            // copy; a re-entrant call from a finalizer would get an error.
+            with_req(lua, |st| match var_value(st, &name.as_bytes()) {
+                Some(bytes) => Ok(Value::String(lua.create_string(bytes)?)),
+                None => Ok(Value::Nil),
+            })
+        })?,
+    )?;
+    var_meta.raw_set(
+        "__newindex",
+        lua.create_function(|lua, (_, name, value): (Table, String, Option<String>)| {
+            with_req(lua, |st| {
+                match value {
+                    Some(v) => st.req.vars.insert(name, v),
+                    None => st.req.vars.remove(&name),
+                };
+                Ok(())
+            })
+        })?,
+    )?;
+    var.set_metatable(Some(var_meta))?;
+    ngx.raw_set("var", var)?;
+
+    // ngx.req
+    let req = lua.create_table()?;
+    req.raw_set(
+        "get_method",
+        lua.create_function(|lua, ()| with_req(lua, |st| Ok(st.req.method.clone())))?,
+    )?;
+    req.raw_set("http_version", lua.create_function(|_, ()| Ok(1.1))?)?;
+    req.raw_set(
+        "start_time",
+        lua.create_function(|lua, ()| with_req(lua, |st| Ok(st.start)))?,
+    )?;
+    req.raw_set("read_body", lua.create_function(|_, ()| Ok(()))?)?;
+    req.raw_set("discard_body", lua.create_function(|_, ()| Ok(()))?)?;
+    req.raw_set(
+        "get_body_data",
+        lua.create_function(|_, ()| Ok(Value::Nil))?,
+    )?;
+    req.raw_set(
+        "get_uri_args",
+        lua.create_function(|lua, max: Option<usize>| {
+            let args = with_req(lua, |st| Ok(st.req.args.clone()))?;
+            args_table(lua, &args, max.unwrap_or(100))
+        })?,
+    )?;
+    req.raw_set(
+        "get_post_args",
+        lua.create_function(|lua, _: Option<usize>| lua.create_table())?,
+    )?;
+    // Header tables answer any spelling: `h.user_agent`, `h["User-Agent"]`.
+    let headers_meta = lua.create_table()?;
+    headers_meta.raw_set(
+        "__index",
+        lua.create_function(|_, (t, key): (Table, String)| {
+            let norm = normalize_header(&key).to_ascii_lowercase();
+            if norm == key {
+                return Ok(Value::Nil);
+            }
+            t.raw_get::<Value>(norm)
+        })?,
+    )?;
+    let headers_meta_key = lua.create_registry_value(headers_meta)?;
+    req.raw_set(
+        "get_headers",
+        lua.create_function(move |lua, (max, raw): (Option<usize>, Option<bool>)| {
+            let headers = with_req(lua, |st| Ok(st.req.headers.clone()))?;
+            let max = max.unwrap_or(100);
+            let t = lua.create_table()?;
+            for (n, (name, value)) in headers.iter().enumerate() {
+                if max > 0 && n >= max {
+                    break;
+                }
+                let key = if raw == Some(true) {
+                    lua.create_string(name)?
+                } else {
+                    lua.create_string(name.to_ascii_lowercase())?
+                };
+                append_value(lua, &t, key, Value::String(lua.create_string(value)?))?;
+            }
+            if raw != Some(true) {
+                t.set_metatable(Some(lua.registry_value::<Table>(&headers_meta_key)?))?;
+            }
+            Ok(t)
+        })?,
+    )?;
+    req.raw_set(
+        "set_header",
+        lua.create_function(|lua, (name, value): (String, Value)| {
+            let values = header_values(value)?;
+            with_req(lua, |st| {
+                set_req_header(st, &name, values);
+                Ok(())
+            })
+        })?,
+    )?;
+    req.raw_set(
+        "clear_header",
+        lua.create_function(|lua, name: String| {
+            with_req(lua, |st| {
+                set_req_header(st, &name, None);
+                Ok(())
+            })
+        })?,
+    )?;
+    ngx.raw_set("req", req)?;
+
+    // ngx.header: response headers.
+    let header = lua.create_table()?;
+    let header_meta = lua.create_table()?;
+    header_meta.raw_set(
+        "__index",
+        lua.create_function(|lua, (_, name): (Table, String)| {
+            let name = normalize_header(&name);
+            let values: Vec<String> = with_req(lua, |st| {
+                Ok(st
+                    .resp_headers
+                    .iter()
+                    .filter(|(n, _)| header_name_eq(n, &name))
+                    .map(|(_, v)| v.clone())
+                    .collect())
+            })?;
+            match values.len() {
+                0 => Ok(Value::Nil),
+                1 => Ok(Value::String(lua.create_string(&values[0])?)),
+                _ => Ok(Value::Table(lua.create_sequence_from(values)?)),
+            }
+        })?,
+    )?;
+    header_meta.raw_set(
+        "__newindex",
+        lua.create_function(|lua, (_, name, value): (Table, String, Value)| {
+            let name = normalize_header(&name);
+            let values = header_values(value)?;
+            with_req(lua, |st| {
+                st.resp_headers.retain(|(n, _)| !header_name_eq(n, &name));
+                for v in values.into_iter().flatten() {
+                    st.resp_headers.push((name.clone(), v));
+                }
+                Ok(())
+            })
+        })?,
+    )?;
+    header.set_metatable(Some(header_meta))?;
+    ngx.raw_set("header", header)?;
+    Ok(())
+}
+
+/// Applies `ngx.req.set_header` (`Some`) or `clear_header` (`None`) to the
+/// request seen by later `ngx.var.http_*` reads, and records the edit for the
+/// host.
+fn set_req_header(st: &mut ReqState, name: &str, values: Option<Vec<String>>) {
+    st.req.headers.retain(|(n, _)| !header_name_eq(n, name));
+    st.set_headers.retain(|(n, _)| !header_name_eq(n, name));
+    st.cleared_headers.retain(|n| !header_name_eq(n, name));
+    match values {
+        Some(values) if !values.is_empty() => {
+            for v in values {
+                st.req.headers.push((name.to_owned(), v.clone()));
+                st.set_headers.push((name.to_owned(), v));
+            }
+        }
+        _ => st.cleared_headers.push(name.to_owned()),
+    }
+}
