@@ -1,0 +1,32 @@
+//! Seckill edge: a Pingora proxy in front of the backends that serves the
+//! sale pages and the clock itself, runs the operator's Lua access policy,
+//! and forwards only as many buy requests per item as there is stock.
+//!
+//! Layout (modules are named after what they own in a request's life):
+//! - [`config`]: the typed config (TOML + `SECKILL_EDGE__*`), validated
+//!   before anything binds.
+//! - [`proxy`]: the one `ProxyHttp`; its phases delegate to the modules
+//!   below and hold no policy of their own.
+//! - [`static_files`]: pages and assets from memory (ETag, gzip/br, no
+//!   escape from the pages directory).
+//! - [`clock`]: `GET /api/time`.
+//! - [`identity`]: client address (trusted proxies) and bearer tokens.
+//! - [`access`]: the Lua access phase on nginx-compat, one VM per worker
+//!   thread, hot reload.
+//! - [`rate`]: node-wide token buckets the access script calls.
+//! - [`permits`]: per-item buy permits leased from Redis in batches.
+//! - [`upstream`]: backend pool, health checks, selection.
+//! - [`metrics`]: Prometheus metrics on their own port.
+//! - [`server`]: wires it all into a Pingora server and runs it.
+
+pub mod access;
+pub mod clock;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod permits;
+pub mod proxy;
+pub mod rate;
+pub mod server;
+pub mod static_files;
+pub mod upstream;

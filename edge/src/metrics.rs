@@ -1,0 +1,195 @@
+//! Prometheus metrics of one edge node and the `/metrics` listener on its
+//! own port. Phases record here; this module decides nothing.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::permits::ItemId;
+
+/// Every metric the edge exports (cheap to clone).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    rejections: IntCounterVec,
+    permits: IntCounterVec,
+    upstream_seconds: HistogramVec,
+    reloads: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("edge_requests_total", "Requests by route and outcome"),
+            &["route", "outcome"],
+        )
+        .expect("metric");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "edge_rejections_total",
+                "Requests answered at the edge, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let permits = IntCounterVec::new(
+            Opts::new(
+                "edge_permits_total",
+                "Buy permits by item and what became of them (forwarded, refunded, dropped)",
+            ),
+            &["item", "event"],
+        )
+        .expect("metric");
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "edge_upstream_seconds",
+                "Time to the backend's response header",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["backend"],
+        )
+        .expect("metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("edge_lua_reloads_total", "Lua reloads by result"),
+            &["result"],
+        )
+        .expect("metric");
+        for c in [&requests, &rejections, &permits, &reloads] {
+            registry.register(Box::new(c.clone())).expect("register");
+        }
+        registry
+            .register(Box::new(upstream_seconds.clone()))
+            .expect("register");
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                rejections,
+                permits,
+                upstream_seconds,
+                reloads,
+            }),
+        }
+    }
+
+    pub fn request(&self, route: &str, outcome: &str) {
+        self.inner
+            .requests
+            .with_label_values(&[route, outcome])
+            .inc();
+    }
+
+    pub fn rejection(&self, reason: &str) {
+        self.inner.rejections.with_label_values(&[reason]).inc();
+    }
+
+    fn permit(&self, (r, i): ItemId, event: &str) {
+        self.inner
+            .permits
+            .with_label_values(&[&format!("r{r}:i{i}"), event])
+            .inc();
+    }
+
+    pub fn permit_forwarded(&self, item: ItemId) {
+        self.permit(item, "forwarded");
+    }
+
+    pub fn permit_refunded(&self, item: ItemId) {
+        self.permit(item, "refunded");
+    }
+
+    pub fn permit_dropped(&self, item: ItemId) {
+        self.permit(item, "dropped");
+    }
+
+    pub fn upstream(&self, backend: &str, elapsed: Duration) {
+        self.inner
+            .upstream_seconds
+            .with_label_values(&[backend])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn reload(&self, result: &str) {
+        self.inner.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf);
+        buf
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown` flips.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                accepted = listener.accept() => {
+                    let Ok((mut stream, _)) = accepted else { continue };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut n = 0;
+                        // Read the request head (bounded in size and time).
+                        let read = tokio::time::timeout(Duration::from_secs(5), async {
+                            while n < buf.len() {
+                                let m = stream.read(&mut buf[n..]).await.ok()?;
+                                if m == 0 { return None; }
+                                n += m;
+                                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") { return Some(()); }
+                            }
+                            None
+                        }).await;
+                        if !matches!(read, Ok(Some(()))) { return; }
+                        let head = String::from_utf8_lossy(&buf[..n]);
+                        let (status, body, ctype) = if head.starts_with("GET /metrics") {
+                            ("200 OK", me.render(), "text/plain; version=0.0.4")
+                        } else {
+                            ("404 Not Found", b"not found\n".to_vec(), "text/plain")
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(resp.as_bytes()).await;
+                        let _ = stream.write_all(&body).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Binds the metrics listener (before the proxy starts, so a bad address
+/// fails the start).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `seckill-edge` binary on free ports, in
+//! front of an in-process backend (real Redis, RabbitMQ, SQLite).
+
+mod helpers;
+mod lease;
+mod limits;
+mod sale;
+mod static_pages;
+mod upstream;
