@@ -1,0 +1,303 @@
+//! A whole simulated sale: open a round (or take an existing one), send the
+//! crowd, wait for it (bounded by the duration cap), let the order writer
+//! settle, and judge the stores.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use seckill_backend::auth::{Role, TokenKeys};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    buyer::{Behaviour, BuyerPlan, Crowd, Ledger, Script},
+    client::Http,
+    progress::Progress,
+    report::{Report, SaleFigures},
+    setup::{Admin, RoundInfo, RoundSpec},
+    stats::Stats,
+    verdict::{self, ClientView, StoreReader, Stores},
+};
+
+/// Everything a sale run needs.
+#[derive(Clone, Debug)]
+pub struct SaleOptions {
+    /// Buyer-facing base URL (the edge, or the backend directly).
+    pub target: String,
+    /// The backend's API base URL for the admin calls.
+    pub admin: String,
+    /// Shared token secret (mints buyer, operator and approver tokens).
+    pub secret: String,
+    /// Where the verdict reads the sale's state.
+    pub stores: Stores,
+    /// An existing approved round to buy from; `None` opens a new one.
+    pub round: Option<i64>,
+    pub buyers: u32,
+    /// Items of a new round.
+    pub items: usize,
+    /// Units per item of a new round.
+    pub stock: i64,
+    pub per_user_limit: i64,
+    /// Units each buy request asks for.
+    pub qty: i64,
+    /// Buy requests a normal buyer may send (first click and retries).
+    pub requests_per_buyer: u32,
+    /// Requests a repeat clicker fires at once.
+    pub clicks: u32,
+    /// Shares of misbehaving buyers (0.0–1.0 each).
+    pub repeat_clickers: f64,
+    pub forgers: f64,
+    pub early_birds: f64,
+    /// Probability a buyer pays once its order exists.
+    pub pay_probability: f64,
+    /// Time from opening a new round to its start (buyers load the page and
+    /// sync their clocks meanwhile).
+    pub start_in: Duration,
+    /// Length of a new round's window.
+    pub sale_length: Duration,
+    /// Spread of the buyers' reaction times after the start.
+    pub reaction: Duration,
+    /// Hard cap on the crowd's run, from its first request.
+    pub duration: Duration,
+    /// Most requests in flight at once.
+    pub concurrency: usize,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// How long the verdict waits for the order writer to finish.
+    pub settle: Duration,
+    pub progress: bool,
+    pub seed: u64,
+}
+
+impl Default for SaleOptions {
+    fn default() -> Self {
+        Self {
+            target: "http://127.0.0.1:8081".into(),
+            admin: "http://127.0.0.1:8081".into(),
+            secret: "dev-only-secret-change-me-before-a-sale".into(),
+            stores: Stores {
+                redis_url: "redis://127.0.0.1:6379/".into(),
+                redis_prefix: "sk".into(),
+                database_url: "sqlite://seckill.db?mode=rwc".into(),
+            },
+            round: None,
+            buyers: 2_000,
+            items: 3,
+            stock: 100,
+            per_user_limit: 1,
+            qty: 1,
+            requests_per_buyer: 3,
+            clicks: 5,
+            repeat_clickers: 0.05,
+            forgers: 0.02,
+            early_birds: 0.05,
+            pay_probability: 0.5,
+            start_in: Duration::from_secs(3),
+            sale_length: Duration::from_secs(600),
+            reaction: Duration::from_millis(300),
+            duration: Duration::from_secs(120),
+            concurrency: 128,
+            request_timeout: Duration::from_secs(10),
+            settle: Duration::from_secs(15),
+            progress: true,
+            seed: 42,
+        }
+    }
+}
+
+/// Assigns behaviours: the given shares of the crowd, at random positions.
+pub fn behaviours(n: u32, opts: &SaleOptions) -> Vec<Behaviour> {
+    let count = |share: f64| ((n as f64) * share.clamp(0.0, 1.0)).round() as usize;
+    let mut v = Vec::with_capacity(n as usize);
+    v.extend(std::iter::repeat_n(
+        Behaviour::RepeatClicker,
+        count(opts.repeat_clickers),
+    ));
+    v.extend(std::iter::repeat_n(Behaviour::Forger, count(opts.forgers)));
+    v.extend(std::iter::repeat_n(
+        Behaviour::EarlyBird,
+        count(opts.early_birds),
+    ));
+    v.truncate(n as usize);
+    v.resize(n as usize, Behaviour::Normal);
+    fastrand::Rng::with_seed(opts.seed).shuffle(&mut v);
+    v
+}
+
+fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Runs one sale and judges it. Returns the report whether or not the
+/// verdict passed; errors only when the sale could not be run or judged.
+pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
+    let admin = Admin::new(&opts.admin, &opts.secret)?;
+    let round: RoundInfo = match opts.round {
+        Some(id) => admin.round(id).await?,
+        None => {
+            let starts = unix_ms() + opts.start_in.as_millis() as i64;
+            admin
+                .open_round(&RoundSpec {
+                    name: format!("Simulated sale of {} buyers", opts.buyers),
+                    items: opts.items.max(1),
+                    stock: opts.stock,
+                    per_user_limit: opts.per_user_limit,
+                    starts_at_ms: starts,
+                    ends_at_ms: starts + opts.sale_length.as_millis() as i64,
+                })
+                .await?
+        }
+    };
+    anyhow::ensure!(!round.items.is_empty(), "round {} has no items", round.id);
+
+    let keys = TokenKeys::new(opts.secret.as_bytes(), 5);
+    let forged_keys = TokenKeys::new(b"not-the-shared-secret-at-all", 5);
+    let ttl = (opts.duration.as_secs() + 3600) as i64;
+    let mut rng = fastrand::Rng::with_seed(opts.seed ^ 0x5eed);
+    let kinds = behaviours(opts.buyers, &opts);
+    let mut forgers = HashSet::new();
+    let mut mix: BTreeMap<String, u64> = BTreeMap::new();
+    let plans: Vec<BuyerPlan> = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(n, behaviour)| {
+            let item = &round.items[n % round.items.len()];
+            let user = format!("r{}-buyer-{n}", round.id);
+            let token = if behaviour == Behaviour::Forger {
+                forgers.insert(user.clone());
+                forged_keys.mint(&user, Role::Buyer, ttl)
+            } else {
+                keys.mint(&user, Role::Buyer, ttl)
+            };
+            *mix.entry(
+                serde_json::to_value(behaviour)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            )
+            .or_default() += 1;
+            BuyerPlan {
+                user,
+                behaviour,
+                round_id: round.id,
+                item_id: item.id,
+                token,
+                reaction: Duration::from_millis(
+                    rng.u64(0..=opts.reaction.as_millis().max(1) as u64),
+                ),
+                early_by: Duration::from_millis(rng.u64(200..=1_000)),
+                pays: rng.f64() < opts.pay_probability,
+            }
+        })
+        .collect();
+
+    let stats = Arc::new(Stats::new());
+    let ledger = Arc::new(Ledger::default());
+    let crowd = Crowd {
+        http: Http::new(&opts.target, opts.concurrency, opts.request_timeout)?,
+        stats: stats.clone(),
+        ledger: ledger.clone(),
+        script: Arc::new(Script {
+            qty: opts.qty,
+            requests_per_buyer: opts.requests_per_buyer,
+            clicks: opts.clicks,
+            starts_at_ms: round.starts_at_ms,
+        }),
+        stop: CancellationToken::new(),
+    };
+
+    let progress = Progress::start(opts.buyers as u64, stats.clone(), opts.progress);
+    let begun = tokio::time::Instant::now();
+    let started_at = chrono::Utc::now();
+    let mut set = JoinSet::new();
+    for plan in plans {
+        let c = crowd.clone();
+        set.spawn(async move { c.run(plan).await });
+    }
+    let all_done = async {
+        while let Some(r) = set.join_next().await {
+            r.context("a buyer task panicked")?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let capped = tokio::time::timeout(opts.duration, all_done).await;
+    let stopped_by_cap = capped.is_err();
+    if let Ok(r) = capped {
+        r?;
+    } else {
+        crowd.stop.cancel();
+        while set.join_next().await.is_some() {}
+    }
+    let elapsed = begun.elapsed();
+    progress.finish().await;
+
+    let reader = StoreReader::connect(&opts.stores).await?;
+    let snap = reader.settled(round.id, opts.settle).await?;
+    let client = ClientView {
+        told_202: ledger.told_202.lock().expect("ledger").clone(),
+        forgers,
+    };
+    let verdict = verdict::judge(&snap, Some(&client));
+
+    let first_sold_out = ledger.first_sold_out_ms.lock().expect("ledger").clone();
+    let sale = SaleFigures::from_verdict(&round, &verdict, &first_sold_out, client.told_202.len());
+    let payments = ledger
+        .payments
+        .lock()
+        .expect("ledger")
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    Ok(Report {
+        target: opts.target.clone(),
+        round,
+        buyers: opts.buyers,
+        behaviours: mix,
+        concurrency: opts.concurrency,
+        started_at: started_at.to_rfc3339(),
+        elapsed_ms: elapsed.as_millis() as u64,
+        stopped_by_cap,
+        requests: stats.outcomes(),
+        latency: stats.latencies(),
+        sale,
+        payments,
+        verdict,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_become_counts() {
+        let opts = SaleOptions {
+            repeat_clickers: 0.1,
+            forgers: 0.05,
+            early_birds: 0.2,
+            ..Default::default()
+        };
+        let v = behaviours(1000, &opts);
+        let n = |b| v.iter().filter(|x| **x == b).count();
+        assert_eq!(v.len(), 1000);
+        assert_eq!(n(Behaviour::RepeatClicker), 100);
+        assert_eq!(n(Behaviour::Forger), 50);
+        assert_eq!(n(Behaviour::EarlyBird), 200);
+        assert_eq!(n(Behaviour::Normal), 650);
+        assert_eq!(v, behaviours(1000, &opts), "deterministic for a seed");
+    }
+
+    #[test]
+    fn shares_never_exceed_the_crowd() {
+        let opts = SaleOptions {
+            repeat_clickers: 0.9,
+            forgers: 0.9,
+            ..Default::default()
+        };
+        assert_eq!(behaviours(10, &opts).len(), 10);
+    }
+}
