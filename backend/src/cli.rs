@@ -1,12 +1,18 @@
 //! Command line: `serve` (default), `worker`, `check-config FILE`,
-//! `mint-token`.
+//! `mint-token`, `reconcile [--repair]`, `dead-letters list|replay|discard`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{auth::Role, config::Config, startup};
+use crate::{
+    auth::Role,
+    config::Config,
+    lifecycle::{dead_letters, rebuild},
+    queue::{Publisher, topology::Topology},
+    startup,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +47,52 @@ pub enum Command {
         #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
         ttl_secs: i64,
     },
+    /// Compare every item's Redis counters and attempts with the database
+    /// and print the differences (JSON); exits 2 when any item differs.
+    Reconcile {
+        /// Rebuild every item that differs from the database.
+        #[arg(long)]
+        repair: bool,
+        /// Only this round.
+        #[arg(long)]
+        round: Option<i64>,
+    },
+    /// Dead-lettered order messages.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Print dead letters (JSON) without consuming them.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Reserve the units again (if still available) and requeue the orders.
+    Replay(Select),
+    /// Drop dead letters, releasing any units they still hold.
+    Discard(Select),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Select {
+    /// Every dead letter.
+    #[arg(long, conflicts_with = "attempt_ids")]
+    pub all: bool,
+    /// Attempt ids to act on.
+    #[arg(required_unless_present = "all")]
+    pub attempt_ids: Vec<String>,
+}
+
+impl Select {
+    fn selection(self) -> dead_letters::Selection {
+        if self.all {
+            dead_letters::Selection::All
+        } else {
+            dead_letters::Selection::Attempts(self.attempt_ids.into_iter().collect())
+        }
+    }
 }
 
 /// Runs the parsed command.
@@ -68,6 +120,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = startup::Application::build(cfg, Default::default()).await?;
             tracing::info!(api = %app.local_addr(), metrics = ?app.metrics_addr(), "listening");
             app.run_until(startup::shutdown_on_signal()).await
+        }
+        Command::Reconcile { repair, round } => {
+            let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            let lc = startup::lifecycle_from(cfg).await?;
+            let items = rebuild::reconcile(&lc, round, repair).await?;
+            let consistent = items.iter().all(|i| i.consistent());
+            let repaired = items.iter().filter(|i| i.repaired).count();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "consistent": consistent,
+                    "repaired": repaired,
+                    "items": items,
+                }))?
+            );
+            if !consistent && !repair {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::DeadLetters(cmd) => {
+            let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            let topology = Topology::from_config(&cfg);
+            let lc = startup::lifecycle_from(cfg).await?;
+            let out = match cmd {
+                DeadLetterCommand::List { limit } => serde_json::to_value(
+                    dead_letters::list(&lc, &topology, limit.clamp(1, dead_letters::MAX_SCAN))
+                        .await?,
+                )?,
+                DeadLetterCommand::Replay(sel) => {
+                    let publisher = Publisher::new(lc.config.rabbitmq.clone(), topology);
+                    serde_json::to_value(
+                        dead_letters::replay(&lc, &publisher, &sel.selection()).await?,
+                    )?
+                }
+                DeadLetterCommand::Discard(sel) => serde_json::to_value(
+                    dead_letters::discard(&lc, &topology, &sel.selection()).await?,
+                )?,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
         }
         Command::Worker => {
             crate::telemetry::init_tracing();

@@ -27,6 +27,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub writer: WriterConfig,
     pub sale: SaleConfig,
+    pub payment: PaymentConfig,
+    pub lifecycle: LifecycleConfig,
     pub pages: PagesConfig,
 }
 
@@ -96,8 +98,14 @@ pub struct WriterConfig {
     pub batch_size: usize,
     /// How long a batch waits to fill after its first message.
     pub batch_wait_ms: u64,
-    /// Pause after a failed write before the batch is handed back.
+    /// Pause after a failed write before the batch is handed on.
     pub retry_backoff_ms: u64,
+    /// Delays of the retry tiers (one TTL queue each): the n-th failed write
+    /// of a message waits `retry_delays_ms[n-1]` (the last tier repeats).
+    pub retry_delays_ms: Vec<u64>,
+    /// Write attempts of one message before it is dead-lettered (its units
+    /// released, its attempt cancelled with reason `dead_letter`).
+    pub max_attempts: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +117,48 @@ pub struct SaleConfig {
     pub rounds_cache_ms: u64,
     /// Largest quantity one buy request may ask for.
     pub max_qty: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentConfig {
+    /// `simulated` is the only provider built in.
+    pub provider: PaymentProviderKind,
+    /// What the simulated provider does with a charge.
+    pub simulated_outcome: SimulatedOutcome,
+    /// Longest wait for the provider; after it the order stays `paying`
+    /// until the sweep learns the outcome from the provider.
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentProviderKind {
+    Simulated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimulatedOutcome {
+    Succeed,
+    Fail,
+    Hang,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Run the expiry consumer and the sweep wherever the order writer runs.
+    pub enabled: bool,
+    /// How often the sweep looks for orders whose expiry message was lost,
+    /// half-applied settlements, payments of unknown outcome, and Redis
+    /// data loss.
+    pub sweep_interval_ms: u64,
+    /// Most orders one sweep pass handles per kind.
+    pub sweep_batch: u64,
+    /// An order message older than this when the writer receives it is not
+    /// turned into a late order: its units are released (reason `backlog`).
+    pub backlog_threshold_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -169,6 +219,8 @@ impl Default for WriterConfig {
             batch_size: 200,
             batch_wait_ms: 10,
             retry_backoff_ms: 500,
+            retry_delays_ms: vec![1_000, 5_000, 30_000],
+            max_attempts: 4,
         }
     }
 }
@@ -179,6 +231,27 @@ impl Default for SaleConfig {
             payment_timeout_secs: 600,
             rounds_cache_ms: 1_000,
             max_qty: 100,
+        }
+    }
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        Self {
+            provider: PaymentProviderKind::Simulated,
+            simulated_outcome: SimulatedOutcome::Succeed,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sweep_interval_ms: 5_000,
+            sweep_batch: 500,
+            backlog_threshold_ms: 120_000,
         }
     }
 }
@@ -282,6 +355,33 @@ impl Config {
         if self.writer.prefetch == 0 {
             return Err(invalid("writer.prefetch", "must be positive"));
         }
+        if self.writer.retry_delays_ms.is_empty()
+            || self.writer.retry_delays_ms.len() > 10
+            || self.writer.retry_delays_ms.contains(&0)
+        {
+            return Err(invalid(
+                "writer.retry_delays_ms",
+                "1-10 positive delays in milliseconds",
+            ));
+        }
+        if self.writer.max_attempts == 0 {
+            return Err(invalid("writer.max_attempts", "must be positive"));
+        }
+        if self.payment.timeout_ms == 0 {
+            return Err(invalid("payment.timeout_ms", "must be positive"));
+        }
+        if self.lifecycle.sweep_interval_ms == 0 || self.lifecycle.sweep_batch == 0 {
+            return Err(invalid(
+                "lifecycle",
+                "sweep_interval_ms and sweep_batch must be positive",
+            ));
+        }
+        if self.lifecycle.backlog_threshold_ms == 0 {
+            return Err(invalid(
+                "lifecycle.backlog_threshold_ms",
+                "must be positive",
+            ));
+        }
         if self.sale.payment_timeout_secs == 0 {
             return Err(invalid("sale.payment_timeout_secs", "must be positive"));
         }
@@ -295,6 +395,11 @@ impl Config {
             return Err(invalid("pages.dir", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// The payment timeout in milliseconds.
+    pub fn payment_timeout_ms(&self) -> i64 {
+        (self.sale.payment_timeout_secs as i64).saturating_mul(1000)
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -312,6 +417,8 @@ impl fmt::Debug for Config {
             .field("database", &self.database)
             .field("writer", &self.writer)
             .field("sale", &self.sale)
+            .field("payment", &self.payment)
+            .field("lifecycle", &self.lifecycle)
             .field("pages", &self.pages)
             .finish()
     }

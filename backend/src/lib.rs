@@ -1,6 +1,7 @@
 //! Seckill backend: the admin API that opens a sale, the buy path that
 //! reserves stock atomically in Redis and queues a confirmed order message,
-//! the order writer that turns messages into orders, and status polling.
+//! the order writer that turns messages into orders, status polling, and
+//! the order lifecycle (payment, expiry, dead letters, reconciliation).
 //!
 //! Layout:
 //! - [`config`] — typed, layered, validated configuration
@@ -8,6 +9,9 @@
 //! - [`domain`] — pure types: rounds and approval, attempts, buy requests
 //! - [`store`] — Redis sale state (scripts in `lua/redis/`) and the database
 //! - [`queue`] — RabbitMQ topology, confirmed publisher, order writer
+//! - [`lifecycle`] — payment, expiry, the sweep, dead letters, reconciling
+//!   Redis with the database
+//! - [`payment`] — the payment-provider trait and a simulated provider
 //! - [`routes`] — thin HTTP handlers and the JSON error type
 //! - [`pages`] — static sale pages rendered at approval
 //! - [`startup`] — wiring, serving, graceful shutdown
@@ -17,7 +21,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod lifecycle;
 pub mod pages;
+pub mod payment;
 pub mod queue;
 pub mod routes;
 pub mod startup;

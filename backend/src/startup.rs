@@ -1,9 +1,11 @@
 //! Builds the application from a validated [`Config`] and runs it until a
-//! shutdown signal: API server, metrics server and order writer.
+//! shutdown signal: API server, metrics server, order writer, and the
+//! lifecycle jobs (expiry consumer, sweep) wherever the writer runs.
 //!
 //! Shutdown order: stop accepting and finish in-flight requests (every buy
 //! ends confirmed or released), then stop the writer, which commits and acks
-//! the batch in hand; all within the configured grace period.
+//! the batch in hand, and the lifecycle jobs; all within the configured
+//! grace period.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{Clock, SystemClock},
     config::Config,
+    lifecycle::{self, Lifecycle},
     pages::PageRenderer,
-    queue::{OrderWriter, Publisher, WriterHooks},
+    payment::{self, PaymentProvider},
+    queue::{OrderWriter, Publisher, WriterHooks, topology::Topology},
     routes::{self, AppState},
     store::{SaleStore, db},
     telemetry,
@@ -28,6 +32,8 @@ use crate::{
 pub struct BuildOptions {
     pub clock: Arc<dyn Clock>,
     pub writer_hooks: WriterHooks,
+    /// Replaces the configured payment provider.
+    pub provider: Option<Arc<dyn PaymentProvider>>,
 }
 
 impl Default for BuildOptions {
@@ -35,7 +41,40 @@ impl Default for BuildOptions {
         Self {
             clock: Arc::new(SystemClock),
             writer_hooks: WriterHooks::default(),
+            provider: None,
         }
+    }
+}
+
+/// The background jobs of a node that writes orders.
+#[derive(Clone)]
+pub struct Workers {
+    pub writer: OrderWriter,
+    pub lifecycle: Option<Arc<Lifecycle>>,
+}
+
+impl Workers {
+    pub fn new(config: &Config, lc: Arc<Lifecycle>, hooks: WriterHooks) -> Self {
+        Self {
+            writer: OrderWriter::new(lc.clone(), hooks),
+            lifecycle: config.lifecycle.enabled.then_some(lc),
+        }
+    }
+
+    /// Spawns the writer, the expiry consumer and the sweep; they stop when
+    /// `stop` is cancelled.
+    pub fn spawn(self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(self.writer.clone().run(stop.clone()))];
+        if let Some(lc) = self.lifecycle {
+            let topology = self.writer.topology.clone();
+            tasks.push(tokio::spawn(lifecycle::expiry::run(
+                lc.clone(),
+                topology,
+                stop.clone(),
+            )));
+            tasks.push(tokio::spawn(lifecycle::sweep::run(lc, stop.clone())));
+        }
+        tasks
     }
 }
 
@@ -44,7 +83,7 @@ pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     state: AppState,
-    writer: Option<OrderWriter>,
+    workers: Option<Workers>,
 }
 
 impl Application {
@@ -53,7 +92,21 @@ impl Application {
     pub async fn build(config: Config, opts: BuildOptions) -> anyhow::Result<Self> {
         let config = Arc::new(config);
         let (sale, db) = connect_stores(&config).await?;
-        let publisher = Arc::new(Publisher::new(config.rabbitmq.clone()));
+        let provider = opts
+            .provider
+            .clone()
+            .unwrap_or_else(|| payment::from_config(&config.payment));
+        let lc = Lifecycle::new(
+            config.clone(),
+            sale.clone(),
+            db.clone(),
+            opts.clock.clone(),
+            provider,
+        );
+        let publisher = Arc::new(Publisher::new(
+            config.rabbitmq.clone(),
+            Topology::from_config(&config),
+        ));
         if let Err(e) = publisher.warm_up().await {
             tracing::warn!(error = %e, "rabbitmq not reachable yet; buys answer 503 until it is");
         }
@@ -74,16 +127,12 @@ impl Application {
                 .build(),
             pages,
             config: config.clone(),
+            lifecycle: lc.clone(),
         };
-        let writer = config.writer.enabled.then(|| {
-            OrderWriter::new(
-                &config,
-                sale,
-                db,
-                opts.clock.clone(),
-                opts.writer_hooks.clone(),
-            )
-        });
+        let workers = config
+            .writer
+            .enabled
+            .then(|| Workers::new(&config, lc, opts.writer_hooks.clone()));
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("binding {}", config.http.listen))?;
@@ -99,7 +148,7 @@ impl Application {
             listener,
             metrics_listener,
             state,
-            writer,
+            workers,
         })
     }
 
@@ -121,9 +170,10 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let grace = self.state.config.shutdown_grace();
         let writer_stop = CancellationToken::new();
-        let writer_task = self
-            .writer
-            .map(|w| tokio::spawn(w.run(writer_stop.clone())));
+        let worker_tasks = self
+            .workers
+            .map(|w| w.spawn(&writer_stop))
+            .unwrap_or_default();
 
         let metrics_task = self.metrics_listener.map(|l| {
             let handle = telemetry::metrics_handle();
@@ -144,8 +194,9 @@ impl Application {
         tracing::info!("api server stopped accepting; in-flight requests finished");
 
         writer_stop.cancel();
-        if let Some(t) = writer_task
-            && tokio::time::timeout(grace, t).await.is_err()
+        if tokio::time::timeout(grace, futures::future::join_all(worker_tasks))
+            .await
+            .is_err()
         {
             tracing::warn!(?grace, "order writer did not stop within the grace period");
         }
@@ -156,19 +207,27 @@ impl Application {
     }
 }
 
-/// Runs only the order writer until `shutdown` (the `worker` mode).
+/// Runs only the order writer and the lifecycle jobs until `shutdown` (the
+/// `worker` mode).
 pub async fn run_worker(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let lc = lifecycle_from(config).await?;
+    let workers = Workers::new(&lc.config.clone(), lc, WriterHooks::default());
+    futures::future::join_all(workers.spawn(&shutdown)).await;
+    Ok(())
+}
+
+/// Connects the stores and builds the lifecycle with the configured
+/// provider and the system clock (for the CLI's one-shot commands).
+pub async fn lifecycle_from(config: Config) -> anyhow::Result<Arc<Lifecycle>> {
     let (sale, db) = connect_stores(&config).await?;
-    OrderWriter::new(
-        &config,
+    let provider = payment::from_config(&config.payment);
+    Ok(Lifecycle::new(
+        Arc::new(config),
         sale,
         db,
         Arc::new(SystemClock),
-        WriterHooks::default(),
-    )
-    .run(shutdown)
-    .await;
-    Ok(())
+        provider,
+    ))
 }
 
 /// Connects to Redis (loading the scripts) and to the database (running

@@ -14,7 +14,9 @@ use sea_orm::{EntityTrait, PaginatorTrait};
 use seckill_backend::{
     auth::{Role, TokenKeys},
     clock::SystemClock,
-    config::{Config, RabbitConfig, WriterConfig},
+    config::{Config, RabbitConfig, SimulatedOutcome},
+    lifecycle::Lifecycle,
+    payment::SimulatedProvider,
     queue::OrderWriter,
     store::{SaleStore, db, entities::order},
 };
@@ -197,15 +199,15 @@ async fn sigterm_drains_in_flight_buys() {
         ..cfg.rabbitmq
     };
     let stop = CancellationToken::new();
-    let writer = OrderWriter {
-        writer: WriterConfig::default(),
-        rabbit: cfg.rabbitmq.clone(),
-        sale: sale.clone(),
-        db: dbc.clone(),
-        clock: Arc::new(SystemClock),
-        payment_timeout_ms: 600_000,
-        hooks: Default::default(),
-    };
+    cfg.redis.key_prefix = prefix.clone();
+    let lc = Lifecycle::new(
+        Arc::new(cfg),
+        sale.clone(),
+        dbc.clone(),
+        Arc::new(SystemClock),
+        Arc::new(SimulatedProvider::new(SimulatedOutcome::Succeed)),
+    );
+    let writer = OrderWriter::new(lc, Default::default());
     let w = tokio::spawn(writer.run(stop.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -3,27 +3,37 @@
 //! - `insert`: N orders written through the order writer's own insert path
 //!   (sea-orm `INSERT … VALUES (…), (…) ON CONFLICT DO NOTHING`, one
 //!   transaction per batch of B rows, one batch at a time).
-//! - `writer`: N order messages published (with confirms) to a fresh queue,
-//!   then the backend's real order writer drains them — claim in Redis,
-//!   batched insert, mark ordered, ack — and the drain is timed until the
+//! - `writer`: an approved round with one item of N units is created, N
+//!   buyers reserve a unit each in Redis and their order messages are
+//!   published (with confirms) to a fresh queue; then the backend's real
+//!   order writer drains them — claim in Redis, stock guard, batched insert,
+//!   mark ordered, expiry scheduling, ack — and the drain is timed until the
 //!   database holds all N orders.
 //!
-//! Rows go to a round id no real sale uses, so they never mix with a sale's
-//! orders; the caller picks the database (a throwaway one in the bench).
+//! `insert` rows go to a round id no real sale uses, so they never mix with
+//! a sale's orders; the caller picks the database (a throwaway one in the
+//! bench).
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, Set,
-    TransactionTrait,
+    TransactionTrait, sea_query::Expr,
 };
 use seckill_backend::{
     clock::SystemClock,
     config::{Config, QueueType},
-    domain::AttemptId,
-    queue::{OrderMessage, OrderWriter, Publisher, WriterHooks},
-    store::{SaleStore, db, entities::order, orders},
+    domain::{AttemptId, NewItem, NewRound, RoundStatus},
+    lifecycle::{Lifecycle, rebuild},
+    payment,
+    queue::{OrderMessage, OrderWriter, Publisher, WriterHooks, topology::Topology},
+    store::{
+        SaleStore, db,
+        entities::{order, round},
+        orders, rounds,
+        sale::ReserveOutcome,
+    },
 };
 use serde::Serialize;
 use tokio::time::Instant;
@@ -80,6 +90,9 @@ fn row(round: i64, n: u64, now: i64) -> order::ActiveModel {
         paid_at_ms: Set(None),
         cancelled_at_ms: Set(None),
         cancel_reason: Set(None),
+        payment_started_at_ms: Set(None),
+        charge_id: Set(None),
+        counters_applied: Set(true),
     }
 }
 
@@ -147,30 +160,72 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
     .await
     .context("connecting to redis")?;
 
-    // Publish every message first (64 publishers, each waiting for its
-    // confirms, as the buy path does).
-    let publisher = Arc::new(Publisher::new(cfg.rabbitmq.clone()));
+    // An approved round whose item has exactly the units to write.
+    let now = unix_ms();
+    let new = NewRound {
+        name: "order-writer benchmark".into(),
+        starts_at_ms: now - 1_000,
+        ends_at_ms: now + 3_600_000,
+        items: vec![NewItem {
+            title: "bench".into(),
+            description: String::new(),
+            image_url: String::new(),
+            original_price_cents: 200,
+            sale_price_cents: 100,
+            stock: opts.rows as i64,
+            per_user_limit: 1,
+        }],
+    };
+    let created = rounds::create(&db, &new, "bench", now).await?;
+    let (round, item_id) = (created.round.id, created.items[0].id);
+    round::Entity::update_many()
+        .col_expr(
+            round::Column::Status,
+            Expr::value(RoundStatus::Approved.as_str()),
+        )
+        .filter(round::Column::Id.eq(round))
+        .exec(&db)
+        .await?;
+    let cfg = Arc::new(cfg);
+    let lc = Lifecycle::new(
+        cfg.clone(),
+        sale.clone(),
+        db.clone(),
+        Arc::new(SystemClock),
+        payment::from_config(&cfg.payment),
+    );
+    rebuild::ensure_item(&lc, round, item_id).await?;
+
+    // Reserve and publish every message first (64 publishers, each waiting
+    // for its confirms, as the buy path does).
+    let topology = Topology::from_config(&cfg);
+    let publisher = Arc::new(Publisher::new(cfg.rabbitmq.clone(), topology.clone()));
     publisher
         .warm_up()
         .await
         .context("connecting to the broker")?;
-    let round = bench_round();
-    let now = unix_ms();
     let pub_start = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tasks = (0..64).map(|_| {
-        let (p, next, rows) = (publisher.clone(), next.clone(), opts.rows);
+        let (p, next, rows, sale) = (publisher.clone(), next.clone(), opts.rows, sale.clone());
         tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= rows {
                     return Ok::<_, anyhow::Error>(());
                 }
+                let id = AttemptId::new(round, item_id, now);
+                let user = format!("bench-user-{n}");
+                let r = sale.reserve(&id, &user, 1, unix_ms(), "").await?;
+                anyhow::ensure!(
+                    matches!(r, ReserveOutcome::Reserved { .. }),
+                    "reserve: {r:?}"
+                );
                 let msg = OrderMessage {
-                    attempt_id: AttemptId::new(round, 1, now).to_string(),
+                    attempt_id: id.to_string(),
                     round_id: round,
-                    item_id: 1,
-                    user_id: format!("bench-user-{n}"),
+                    item_id,
+                    user_id: user,
                     qty: 1,
                     unit_price_cents: 100,
                     reserved_at_ms: now,
@@ -184,15 +239,7 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
     }
     let publish_seconds = pub_start.elapsed().as_secs_f64();
 
-    let w = OrderWriter {
-        writer: cfg.writer.clone(),
-        rabbit: cfg.rabbitmq.clone(),
-        sale,
-        db: db.clone(),
-        clock: Arc::new(SystemClock),
-        payment_timeout_ms: 600_000,
-        hooks: WriterHooks::default(),
-    };
+    let w = OrderWriter::new(lc, WriterHooks::default());
     let stop = CancellationToken::new();
     let start = Instant::now();
     let task = tokio::spawn(w.run(stop.clone()));
@@ -208,7 +255,16 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
     let secs = start.elapsed().as_secs_f64();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    delete_queue(&cfg.rabbitmq.url, &cfg.rabbitmq.queue).await;
+    delete_topology(&cfg.rabbitmq.url, &topology).await;
+    let mut keys = sale.connection();
+    let gone: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", cfg.redis.key_prefix))
+        .query_async(&mut keys)
+        .await
+        .unwrap_or_default();
+    if !gone.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(gone).query_async(&mut keys).await;
+    }
     anyhow::ensure!(
         written == opts.rows,
         "the writer wrote {written} of {} orders in time",
@@ -224,13 +280,21 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
     })
 }
 
-/// Removes a queue and its dead-letter queue.
+/// Removes an order queue and the queues around it (dead letters, retry
+/// tiers, expiry), as the default configuration names them.
 pub async fn delete_queue(amqp_url: &str, queue: &str) {
+    let mut cfg = Config::default();
+    cfg.rabbitmq.queue = queue.to_owned();
+    delete_topology(amqp_url, &Topology::from_config(&cfg)).await;
+}
+
+/// Removes every queue of `topology`.
+pub async fn delete_topology(amqp_url: &str, topology: &Topology) {
     use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
     if let Ok(conn) = Connection::connect(amqp_url, ConnectionProperties::default()).await
         && let Ok(ch) = conn.create_channel().await
     {
-        for q in [queue.to_owned(), format!("{queue}.dead")] {
+        for q in topology.all() {
             let _ = ch
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;

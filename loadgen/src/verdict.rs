@@ -450,6 +450,11 @@ pub fn judge(snap: &Snapshot, client: Option<&ClientView>) -> Verdict {
         for (user, aid) in &is.buyers {
             match is.attempts.get(aid) {
                 Some(a) if a.user == *user && is_live(&a.status) => {}
+                // An expired order keeps its buyer: one order per buyer and item.
+                Some(a)
+                    if a.user == *user
+                        && a.status == "cancelled"
+                        && orders_by_attempt.contains_key(aid.as_str()) => {}
                 Some(a) => i4.add(format!(
                     "buyer {user} points at attempt {aid} ({}, user {})",
                     a.status, a.user
@@ -648,6 +653,9 @@ mod tests {
             paid_at_ms: None,
             cancelled_at_ms: None,
             cancel_reason: None,
+            payment_started_at_ms: None,
+            charge_id: None,
+            counters_applied: true,
         }
     }
 

@@ -8,6 +8,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_rounds_items_orders;
+mod m20261122_000002_order_lifecycle;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -15,6 +16,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_rounds_items_orders::Migration)]
+        vec![
+            Box::new(m20261122_000001_rounds_items_orders::Migration),
+            Box::new(m20261122_000002_order_lifecycle::Migration),
+        ]
     }
 }

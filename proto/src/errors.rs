@@ -16,6 +16,8 @@ pub const CODES: &[(&str, u16)] = &[
     (ENDED, 410),
     (CONFLICT, 409),
     (RATE_LIMITED, 429),
+    (PAYMENT_DECLINED, 402),
+    (PAYMENT_PENDING, 504),
     (UNAVAILABLE, 503),
     (INTERNAL, 500),
 ];
@@ -32,6 +34,11 @@ pub const SOLD_OUT: &str = "sold_out";
 pub const ENDED: &str = "ended";
 pub const CONFLICT: &str = "conflict";
 pub const RATE_LIMITED: &str = "rate_limited";
+/// The payment provider declined; the order stays payable until `pay_by`.
+pub const PAYMENT_DECLINED: &str = "payment_declined";
+/// The payment provider did not answer; the order is held until its
+/// outcome is known (poll the attempt).
+pub const PAYMENT_PENDING: &str = "payment_pending";
 pub const UNAVAILABLE: &str = "unavailable";
 pub const INTERNAL: &str = "internal";
 

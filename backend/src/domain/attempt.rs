@@ -80,6 +80,8 @@ pub enum AttemptStatus {
     Queued,
     /// The order is durable in the database.
     Ordered,
+    /// The order is paid; its units are sold.
+    Paid,
     /// Units returned to stock; see the reason.
     Cancelled,
 }
@@ -91,6 +93,7 @@ impl AttemptStatus {
         match s {
             "queued" | "writing" => Some(Self::Queued),
             "ordered" => Some(Self::Ordered),
+            "paid" => Some(Self::Paid),
             "cancelled" => Some(Self::Cancelled),
             _ => None,
         }
@@ -100,6 +103,7 @@ impl AttemptStatus {
         match self {
             Self::Queued => "queued",
             Self::Ordered => "ordered",
+            Self::Paid => "paid",
             Self::Cancelled => "cancelled",
         }
     }

@@ -1,6 +1,6 @@
-//! The order queue on RabbitMQ: the message format, the queue topology, the
-//! confirmed publisher used by the buy path, and the order writer that turns
-//! messages into orders.
+//! The order queue on RabbitMQ: the message format, the queue topology
+//! (order, retry, dead-letter and expiry queues), the confirmed publisher,
+//! and the order writer that turns messages into orders.
 
 pub mod message;
 pub mod publisher;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::ShortString,
+    types::{FieldTable, ShortString},
 };
 use tokio::sync::Mutex;
 
-use super::{OrderMessage, topology};
+use super::{OrderMessage, topology::Topology};
 use crate::config::RabbitConfig;
 
 /// Why a message was not confirmed.
@@ -52,15 +52,18 @@ struct State {
 /// The buy path's confirmed publisher.
 pub struct Publisher {
     cfg: RabbitConfig,
+    topology: Topology,
     state: Mutex<State>,
     backoff: Duration,
 }
 
 impl Publisher {
-    /// Creates a publisher; it connects on first use.
-    pub fn new(cfg: RabbitConfig) -> Self {
+    /// Creates a publisher; it connects on first use and declares
+    /// `topology`'s queues on every connection.
+    pub fn new(cfg: RabbitConfig, topology: Topology) -> Self {
         Self {
             cfg,
+            topology,
             state: Mutex::new(State {
                 live: None,
                 last_failure: None,
@@ -109,7 +112,7 @@ impl Publisher {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            topology::declare(&channel, &self.cfg).await?;
+            self.topology.declare(&channel).await?;
             Ok::<_, lapin::Error>(Live {
                 _conn: conn,
                 channel,
@@ -138,26 +141,52 @@ impl Publisher {
         }
     }
 
-    /// Publishes one order message and waits for the broker's confirm.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes one order message to the order queue and waits for the
+    /// broker's confirm.
     pub async fn publish(&self, msg: &OrderMessage) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
         let payload = serde_json::to_vec(msg).expect("order message serializes");
+        self.publish_to(
+            self.topology.orders(),
+            &payload,
+            &msg.attempt_id,
+            msg.reserved_at_ms,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Publishes a persistent JSON message to `queue` (through the default
+    /// exchange) and waits for the broker's confirm.
+    pub async fn publish_to(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        message_id: &str,
+        timestamp_ms: i64,
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(msg.attempt_id.clone()))
-            .with_timestamp((msg.reserved_at_ms / 1000).max(0) as u64);
+            .with_message_id(ShortString::from(message_id))
+            .with_timestamp((timestamp_ms / 1000).max(0) as u64)
+            .with_headers(headers);
         let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
         let fut = async {
             let confirm = channel
                 .basic_publish(
                     ShortString::from(""),
-                    ShortString::from(self.cfg.queue.clone()),
+                    ShortString::from(queue),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
                     },
-                    &payload,
+                    payload,
                     props,
                 )
                 .await?;

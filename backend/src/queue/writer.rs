@@ -1,19 +1,36 @@
 //! The order writer: consumes order messages with manual acks and a prefetch
 //! window, writes orders in batches, acks only after the commit.
 //!
-//! Per batch: each attempt is claimed in Redis (`claim.lua`, which stops a
-//! late release from cancelling it; a cancelled attempt is skipped), the
-//! orders are inserted in one transaction with `ON CONFLICT DO NOTHING` (a
-//! redelivered message finds its order already there), the attempts are
-//! marked `ordered`, and only then are the messages acked. An attempt whose
-//! order was refused because the buyer already has another order for the
-//! item is released. A message that is not an order message is rejected to
-//! the dead-letter queue. When Redis or the database fails, the batch is
-//! handed back to the broker after a pause; the queue's delivery limit moves
-//! a message that keeps failing to the dead-letter queue, so nothing loops
-//! forever.
+//! Per batch:
+//! - A message older than `lifecycle.backlog_threshold_ms` whose attempt is
+//!   still `queued` is not turned into a late order: its units are released
+//!   and the attempt cancelled with reason `backlog`.
+//! - Each attempt is claimed in Redis (`claim.lua`, which stops a late
+//!   release from cancelling it; a cancelled attempt is skipped). An
+//!   attempt Redis lost is re-reserved from the current counters
+//!   (`adopt.lua`), after rebuilding the item from the database if Redis
+//!   lost the counters too.
+//! - The orders are inserted in one transaction with `ON CONFLICT DO
+//!   NOTHING` (a redelivered message finds its order already there), after
+//!   a stock guard: the database never holds more live units of an item
+//!   than its stock, whatever Redis said. An order refused by the guard or
+//!   by the one-order-per-buyer key is released.
+//! - The attempts are marked `ordered`, an expiry message is scheduled per
+//!   order, and only then are the messages acked.
+//!
+//! When a write fails (database or Redis down, a constraint it does not
+//! expect), a batch is split to isolate the failing messages, and each one
+//! goes to a retry queue with a growing delay; after `writer.max_attempts`
+//! writes it is dead-lettered: its units are released, its attempt is
+//! cancelled with reason `dead_letter`, and the message is kept in the
+//! dead-letter queue for an operator to replay or discard. A message that
+//! is not an order message is rejected straight to the dead-letter queue.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::{StreamExt, future::BoxFuture};
 use lapin::{
@@ -22,17 +39,29 @@ use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     },
-    types::{FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, QueryFilter,
+    QuerySelect, Set, TransactionTrait, sea_query::Expr,
+};
 use tokio_util::sync::CancellationToken;
 
-use super::{OrderMessage, topology};
+use super::{OrderMessage, Publisher, topology::Topology};
 use crate::{
-    clock::Clock,
-    config::{Config, RabbitConfig, WriterConfig},
     domain::AttemptId,
-    store::{SaleStore, StoreError, entities::order, orders},
+    lifecycle::{
+        Lifecycle,
+        dead_letters::{failures_of, header_int, headers},
+        expiry::{self, ExpiryMessage},
+        rebuild,
+    },
+    store::{
+        StoreError,
+        entities::{item, order},
+        orders,
+        sale::AttemptSeed,
+    },
 };
 
 /// Test seams: code run at points where a crash matters.
@@ -45,12 +74,10 @@ pub struct WriterHooks {
 /// Everything the writer needs; cheap to clone.
 #[derive(Clone)]
 pub struct OrderWriter {
-    pub writer: WriterConfig,
-    pub rabbit: RabbitConfig,
-    pub sale: SaleStore,
-    pub db: DatabaseConnection,
-    pub clock: Arc<dyn Clock>,
-    pub payment_timeout_ms: i64,
+    pub lc: Arc<Lifecycle>,
+    pub topology: Topology,
+    /// Confirmed publishes of retries, dead letters and expiry messages.
+    pub publisher: Arc<Publisher>,
     pub hooks: WriterHooks,
 }
 
@@ -60,22 +87,22 @@ struct Pending {
     id: AttemptId,
 }
 
+/// What became of one order row of a batch.
+enum Fate {
+    Written,
+    /// Refused by the stock guard.
+    OverStock,
+}
+
 impl OrderWriter {
-    /// A writer configured from `config`'s writer, RabbitMQ and sale sections.
-    pub fn new(
-        config: &Config,
-        sale: SaleStore,
-        db: DatabaseConnection,
-        clock: Arc<dyn Clock>,
-        hooks: WriterHooks,
-    ) -> Self {
+    /// A writer on `lc`'s stores and configuration.
+    pub fn new(lc: Arc<Lifecycle>, hooks: WriterHooks) -> Self {
+        let topology = Topology::from_config(&lc.config);
+        let publisher = Arc::new(Publisher::new(lc.config.rabbitmq.clone(), topology.clone()));
         Self {
-            writer: config.writer.clone(),
-            rabbit: config.rabbitmq.clone(),
-            sale,
-            db,
-            clock,
-            payment_timeout_ms: (config.sale.payment_timeout_secs * 1000) as i64,
+            lc,
+            topology,
+            publisher,
             hooks,
         }
     }
@@ -89,7 +116,7 @@ impl OrderWriter {
             }
             match self.connect().await {
                 Ok((conn, consumer)) => {
-                    tracing::info!(queue = %self.rabbit.queue, "order writer consuming");
+                    tracing::info!(queue = %self.topology.orders(), "order writer consuming");
                     match self.consume(consumer, &shutdown).await {
                         Ok(()) => {
                             let _ = conn.close(200, ShortString::from("shutdown")).await;
@@ -108,15 +135,16 @@ impl OrderWriter {
     }
 
     async fn connect(&self) -> Result<(Connection, Consumer), lapin::Error> {
-        let conn = Connection::connect(&self.rabbit.url, ConnectionProperties::default()).await?;
+        let rabbit = &self.lc.config.rabbitmq;
+        let conn = Connection::connect(&rabbit.url, ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
-        topology::declare(&channel, &self.rabbit).await?;
+        self.topology.declare(&channel).await?;
         channel
-            .basic_qos(self.writer.prefetch, BasicQosOptions::default())
+            .basic_qos(self.lc.config.writer.prefetch, BasicQosOptions::default())
             .await?;
         let consumer = channel
             .basic_consume(
-                ShortString::from(self.rabbit.queue.clone()),
+                ShortString::from(self.topology.orders()),
                 ShortString::from("order-writer"),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -130,7 +158,8 @@ impl OrderWriter {
         mut consumer: Consumer,
         shutdown: &CancellationToken,
     ) -> Result<(), lapin::Error> {
-        let wait = Duration::from_millis(self.writer.batch_wait_ms);
+        let cfg = &self.lc.config.writer;
+        let wait = Duration::from_millis(cfg.batch_wait_ms);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -148,7 +177,7 @@ impl OrderWriter {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + wait;
             let mut failure = None;
-            while batch.len() < self.writer.batch_size {
+            while batch.len() < cfg.batch_size {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
                     Ok(Some(Ok(d))) => batch.push(d),
                     Ok(Some(Err(e))) => {
@@ -167,7 +196,7 @@ impl OrderWriter {
 
     /// Writes one batch and settles every delivery in it.
     async fn process(&self, batch: Vec<Delivery>) -> Result<(), lapin::Error> {
-        let now = self.clock.now_ms();
+        let now = self.lc.clock.now_ms();
         let mut pending = Vec::with_capacity(batch.len());
         for delivery in batch {
             let parsed = serde_json::from_slice::<OrderMessage>(&delivery.data)
@@ -187,21 +216,24 @@ impl OrderWriter {
                 }
             }
         }
-        if pending.is_empty() {
+        let Some(last) = pending.last().map(|p| p.delivery.acker.clone()) else {
             return Ok(());
-        }
+        };
         metrics::histogram!("seckill_writer_batch_size").record(pending.len() as f64);
-        match self.write(&pending, now).await {
-            Ok(()) => {
+
+        let settled = match self.settle_batch(&pending, now).await {
+            Ok(expiries) => {
                 if let Some(hook) = &self.hooks.after_commit {
                     hook().await;
                 }
-                if let Some(last) = pending.last() {
-                    last.delivery
-                        .acker
-                        .ack(BasicAckOptions { multiple: true })
-                        .await?;
-                }
+                expiry::schedule(&self.publisher, &expiries).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(()) => {
+                last.ack(BasicAckOptions { multiple: true }).await?;
                 for p in &pending {
                     metrics::histogram!("seckill_order_lag_seconds")
                         .record((now - p.msg.reserved_at_ms).max(0) as f64 / 1000.0);
@@ -209,86 +241,344 @@ impl OrderWriter {
                 metrics::counter!("seckill_orders_processed_total").increment(pending.len() as u64);
             }
             Err(e) => {
-                tracing::warn!(error = %e, batch = pending.len(), "order batch failed; handing it back");
-                metrics::counter!("seckill_writer_failures_total").increment(1);
-                tokio::time::sleep(Duration::from_millis(self.writer.retry_backoff_ms)).await;
-                if let Some(last) = pending.last() {
-                    last.delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            multiple: true,
-                            requeue: true,
-                        })
-                        .await?;
-                }
+                // The retry or dead-letter queues could not take the
+                // messages either: hand the batch back to the broker.
+                tracing::warn!(error = %e, batch = pending.len(), "order batch not settled; handing it back");
+                tokio::time::sleep(Duration::from_millis(
+                    self.lc.config.writer.retry_backoff_ms,
+                ))
+                .await;
+                last.nack(BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                })
+                .await?;
             }
         }
         Ok(())
     }
 
-    async fn write(&self, pending: &[Pending], now: i64) -> Result<(), StoreError> {
-        // Claim every attempt; cancelled ones are settled without an order.
-        let claims =
-            futures::future::join_all(pending.iter().map(|p| self.sale.claim(&p.id, now))).await;
-        let mut rows = Vec::new();
-        for (p, claim) in pending.iter().zip(claims) {
-            let status = claim?;
-            match status.as_str() {
-                "cancelled" => {
-                    tracing::info!(attempt_id = %p.msg.attempt_id, "attempt was cancelled; no order");
-                }
-                other => {
-                    if other == "missing" {
-                        tracing::warn!(attempt_id = %p.msg.attempt_id, "attempt unknown to redis; writing its order from the message");
-                    }
-                    rows.push(order::ActiveModel {
-                        id: Set(p.msg.attempt_id.clone()),
-                        attempt_id: Set(p.msg.attempt_id.clone()),
-                        round_id: Set(p.msg.round_id),
-                        item_id: Set(p.msg.item_id),
-                        user_id: Set(p.msg.user_id.clone()),
-                        qty: Set(p.msg.qty),
-                        unit_price_cents: Set(p.msg.unit_price_cents),
-                        status: Set(order::status::PENDING_PAYMENT.to_owned()),
-                        reserved_at_ms: Set(p.msg.reserved_at_ms),
-                        created_at_ms: Set(now),
-                        pay_by_ms: Set(now + self.payment_timeout_ms),
-                        paid_at_ms: Set(None),
-                        cancelled_at_ms: Set(None),
-                        cancel_reason: Set(None),
-                    });
-                }
+    /// Writes what can be written, sends the rest to retry or dead-letter
+    /// queues. Returns the expiry messages of the orders written.
+    async fn settle_batch(
+        &self,
+        pending: &[Pending],
+        now: i64,
+    ) -> Result<Vec<ExpiryMessage>, SettleError> {
+        let live = self.fail_fast_backlog(pending, now).await?;
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.write(&live, now).await {
+            Ok(e) => return Ok(e),
+            Err(e) if live.len() == 1 => {
+                self.retry_or_dead_letter(live[0], &e, now).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = live.len(), "order batch failed; writing its messages one by one");
+                metrics::counter!("seckill_writer_failures_total").increment(1);
             }
         }
+        let mut expiries = Vec::new();
+        for p in live {
+            match self.write(&[p], now).await {
+                Ok(e) => expiries.extend(e),
+                Err(e) => self.retry_or_dead_letter(p, &e, now).await?,
+            }
+        }
+        Ok(expiries)
+    }
+
+    /// Releases messages past the backlog threshold; returns the others.
+    async fn fail_fast_backlog<'a>(
+        &self,
+        pending: &'a [Pending],
+        now: i64,
+    ) -> Result<Vec<&'a Pending>, SettleError> {
+        let threshold = self.lc.config.lifecycle.backlog_threshold_ms as i64;
+        let mut live = Vec::with_capacity(pending.len());
+        for p in pending {
+            let h = p.delivery.properties.headers().as_ref();
+            let since = header_int(h, headers::REPLAYED_AT_MS)
+                .unwrap_or(0)
+                .max(p.msg.reserved_at_ms);
+            if now - since <= threshold {
+                live.push(p);
+                continue;
+            }
+            let r = self.lc.sale.release(&p.id, "backlog", now, false).await?;
+            match r.as_str() {
+                "released" => {
+                    metrics::counter!("seckill_backlog_released_total").increment(1);
+                    tracing::warn!(attempt_id = %p.msg.attempt_id, age_ms = now - since,
+                        "order message past the backlog threshold; units released");
+                }
+                // Already cancelled, or unknown: nothing to write.
+                "cancelled" | "missing" => {}
+                // Claimed by an earlier delivery: its order may be written;
+                // finish it idempotently.
+                _ => live.push(p),
+            }
+        }
+        Ok(live)
+    }
+
+    /// Sends a message whose write failed to its next retry tier, or to
+    /// the dead-letter queue after `writer.max_attempts` writes.
+    async fn retry_or_dead_letter(
+        &self,
+        p: &Pending,
+        error: &StoreError,
+        now: i64,
+    ) -> Result<(), SettleError> {
+        let h = p.delivery.properties.headers().as_ref();
+        let failures = failures_of(h) + 1;
+        let mut out = h.cloned().unwrap_or_default();
+        out.insert(
+            headers::FAILURES.into(),
+            AMQPValue::LongLongInt(failures as i64),
+        );
+        if failures < self.lc.config.writer.max_attempts {
+            let tier = self.topology.retry_for(failures);
+            tracing::warn!(attempt_id = %p.msg.attempt_id, failures, %tier, %error, "order not written; retrying later");
+            metrics::counter!("seckill_writer_retries_total").increment(1);
+            return self.send(&tier, p, out, now).await;
+        }
+        // Give up: units back, buyer told, message kept for an operator.
+        match self.lc.sale.release(&p.id, "dead_letter", now, true).await {
+            Ok(r) if r == "ordered" || r == "paid" => {
+                // Its order was written after all.
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(attempt_id = %p.msg.attempt_id, error = %e,
+                    "cannot release a dead letter's units; keeping it in the last retry tier");
+                let tier = self.topology.retry_for(failures);
+                return self.send(&tier, p, out, now).await;
+            }
+        }
+        out.insert(
+            headers::REASON.into(),
+            AMQPValue::LongString("write_failed".into()),
+        );
+        let mut text = error.to_string();
+        text.truncate(500);
+        out.insert(headers::ERROR.into(), AMQPValue::LongString(text.into()));
+        out.insert(headers::DEAD_AT_MS.into(), AMQPValue::LongLongInt(now));
+        tracing::error!(attempt_id = %p.msg.attempt_id, failures, %error, "order dead-lettered; units released");
+        metrics::counter!("seckill_dead_letters_total").increment(1);
+        self.send(&self.topology.dead(), p, out, now).await
+    }
+
+    async fn send(
+        &self,
+        queue: &str,
+        p: &Pending,
+        headers: FieldTable,
+        now: i64,
+    ) -> Result<(), SettleError> {
+        self.publisher
+            .publish_to(queue, &p.delivery.data, &p.msg.attempt_id, now, headers)
+            .await
+            .map_err(|e| SettleError(e.to_string()))
+    }
+
+    /// Claims the attempts (adopting those Redis lost).
+    async fn claim(&self, p: &Pending, now: i64) -> Result<String, StoreError> {
+        let status = self.lc.sale.claim(&p.id, now).await?;
+        if status != "missing" {
+            return Ok(status);
+        }
+        let seed = AttemptSeed {
+            id: &p.id,
+            user: &p.msg.user_id,
+            qty: p.msg.qty,
+            price_cents: p.msg.unit_price_cents,
+            created_ms: p.msg.reserved_at_ms,
+        };
+        let mut r = self.lc.sale.adopt(&seed, now).await?;
+        if r == "no_counters" {
+            rebuild::ensure_item(&self.lc, p.id.round_id, p.id.item_id).await?;
+            r = self.lc.sale.adopt(&seed, now).await?;
+        }
+        tracing::warn!(attempt_id = %p.msg.attempt_id, outcome = %r, "attempt unknown to redis; adopted from the message");
+        Ok(match r.as_str() {
+            "adopted" => "claimed".to_owned(),
+            "refused" => "cancelled".to_owned(),
+            "no_counters" => {
+                return Err(StoreError::Protocol(
+                    "item counters missing in redis; rebuild pending".into(),
+                ));
+            }
+            _ => self.lc.sale.claim(&p.id, now).await?,
+        })
+    }
+
+    async fn write(
+        &self,
+        pending: &[&Pending],
+        now: i64,
+    ) -> Result<Vec<ExpiryMessage>, StoreError> {
+        let claims = futures::future::join_all(pending.iter().map(|p| self.claim(p, now))).await;
+        let pay_by = now + self.lc.config.payment_timeout_ms();
+        let mut rows = Vec::new();
+        for (p, claim) in pending.iter().zip(claims) {
+            if claim? == "cancelled" {
+                tracing::info!(attempt_id = %p.msg.attempt_id, "attempt was cancelled; no order");
+                continue;
+            }
+            rows.push(order::ActiveModel {
+                id: Set(p.msg.attempt_id.clone()),
+                attempt_id: Set(p.msg.attempt_id.clone()),
+                round_id: Set(p.msg.round_id),
+                item_id: Set(p.msg.item_id),
+                user_id: Set(p.msg.user_id.clone()),
+                qty: Set(p.msg.qty),
+                unit_price_cents: Set(p.msg.unit_price_cents),
+                status: Set(order::status::PENDING_PAYMENT.to_owned()),
+                reserved_at_ms: Set(p.msg.reserved_at_ms),
+                created_at_ms: Set(now),
+                pay_by_ms: Set(pay_by),
+                paid_at_ms: Set(None),
+                cancelled_at_ms: Set(None),
+                cancel_reason: Set(None),
+                payment_started_at_ms: Set(None),
+                charge_id: Set(None),
+                counters_applied: Set(true),
+            });
+        }
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone().unwrap()).collect();
-        let txn = self.db.begin().await?;
-        orders::insert_ignoring_conflicts(&txn, rows).await?;
+        let txn = self.lc.db.begin().await?;
+        let fates = stock_guard(&txn, &rows).await?;
+        let accepted: Vec<_> = rows
+            .into_iter()
+            .filter(|r| matches!(fates.get(r.id.as_ref()), Some(Fate::Written)))
+            .collect();
+        orders::insert_ignoring_conflicts(&txn, accepted).await?;
         txn.commit().await?;
 
         let written: HashMap<String, order::Model> = order::Entity::find()
             .filter(order::Column::AttemptId.is_in(ids.clone()))
-            .all(&self.db)
+            .all(&self.lc.db)
             .await?
             .into_iter()
             .map(|o| (o.attempt_id.clone(), o))
             .collect();
         let written = &written;
+        let fates = &fates;
         let marks = futures::future::join_all(ids.iter().map(|aid| async move {
             let id: AttemptId = aid.parse().map_err(|_| StoreError::Protocol(aid.clone()))?;
-            match written.get(aid) {
-                Some(o) => self.sale.mark_ordered(&id, &o.id, o.pay_by_ms, now).await.map(|_| ()),
-                None => {
+            match (written.get(aid), fates.get(aid)) {
+                (Some(o), _) => {
+                    self.lc.sale.mark_ordered(&id, &o.id, o.pay_by_ms, now).await?;
+                    Ok::<_, StoreError>(Some(ExpiryMessage {
+                        order_id: o.id.clone(),
+                        pay_by_ms: o.pay_by_ms,
+                    }))
+                }
+                (None, Some(Fate::OverStock)) => {
+                    tracing::error!(attempt_id = %aid, "order refused: the item's stock is all ordered; releasing");
+                    metrics::counter!("seckill_orders_refused_total", "reason" => "stock").increment(1);
+                    self.lc.sale.release(&id, "sold_out", now, true).await?;
+                    Ok(None)
+                }
+                (None, _) => {
                     // The buyer already has a different order for this item.
                     tracing::warn!(attempt_id = %aid, "order refused as a second order of the buyer; releasing");
-                    self.sale.release(&id, "duplicate_order", now, true).await.map(|_| ())
+                    self.lc.sale.release(&id, "duplicate_order", now, true).await?;
+                    Ok(None)
                 }
             }
         }))
         .await;
-        marks.into_iter().collect::<Result<Vec<_>, _>>()?;
-        Ok(())
+        let mut expiries = Vec::new();
+        for m in marks {
+            if let Some(e) = m?
+                && e.pay_by_ms > now
+            {
+                expiries.push(e);
+            }
+        }
+        Ok(expiries)
     }
+}
+
+/// A batch that could be neither written nor handed on.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SettleError(String);
+
+impl From<StoreError> for SettleError {
+    fn from(e: StoreError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Decides, inside the batch's transaction, which new rows fit in their
+/// item's stock: live orders (not cancelled) of an item never hold more
+/// units than it has. Rows whose order already exists (redeliveries) are
+/// written (a no-op). On PostgreSQL the item rows are locked so two writers
+/// cannot both fill the last units.
+async fn stock_guard(
+    txn: &DatabaseTransaction,
+    rows: &[order::ActiveModel],
+) -> Result<HashMap<String, Fate>, StoreError> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone().unwrap()).collect();
+    let existing: HashSet<String> = order::Entity::find()
+        .select_only()
+        .column(order::Column::Id)
+        .filter(order::Column::Id.is_in(ids))
+        .into_tuple::<String>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut fates = HashMap::new();
+    let mut by_item: HashMap<(i64, i64), Vec<&order::ActiveModel>> = HashMap::new();
+    for r in rows {
+        let id = r.id.clone().unwrap();
+        if existing.contains(&id) {
+            fates.insert(id, Fate::Written);
+        } else {
+            by_item
+                .entry((r.round_id.clone().unwrap(), r.item_id.clone().unwrap()))
+                .or_default()
+                .push(r);
+        }
+    }
+    let pg = txn.get_database_backend() == DatabaseBackend::Postgres;
+    for ((round_id, item_id), new) in by_item {
+        let mut q = item::Entity::find_by_id(item_id).filter(item::Column::RoundId.eq(round_id));
+        if pg {
+            q = q.lock_exclusive();
+        }
+        let stock = q.one(txn).await?.map(|i| i.stock).unwrap_or(0);
+        let used: i64 = order::Entity::find()
+            .select_only()
+            .column_as(Expr::cust("CAST(COALESCE(SUM(qty), 0) AS BIGINT)"), "used")
+            .filter(order::Column::RoundId.eq(round_id))
+            .filter(order::Column::ItemId.eq(item_id))
+            .filter(order::Column::Status.ne(order::status::CANCELLED))
+            .into_tuple::<i64>()
+            .one(txn)
+            .await?
+            .unwrap_or(0);
+        let mut room = stock - used;
+        for r in new {
+            let qty = r.qty.clone().unwrap();
+            let fate = if qty <= room {
+                room -= qty;
+                Fate::Written
+            } else {
+                Fate::OverStock
+            };
+            fates.insert(r.id.clone().unwrap(), fate);
+        }
+    }
+    Ok(fates)
 }

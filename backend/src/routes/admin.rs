@@ -1,15 +1,17 @@
 //! Operator API: create and submit rounds, approve or reject them (a
-//! different person than the submitter), preheat, read live counters.
+//! different person than the submitter), preheat, read live counters; list,
+//! replay and discard dead letters; reconcile Redis with the database.
 //!
 //! Approval is the step that opens a sale: the status changes first (a
 //! conditional update, so two reviewers cannot both win), then every item is
 //! preheated in Redis and its static page rendered. If Redis or the pages
-//! directory fails half-way, `POST …/preheat` finishes the job (preheat never
-//! overwrites live counters).
+//! directory fails half-way, `POST …/preheat` finishes the job. Preheat
+//! never overwrites live counters, and creates missing ones from the
+//! database (orders already taken count), never from the raw stock.
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
 };
 use serde::Deserialize;
@@ -24,7 +26,8 @@ use super::{
 };
 use crate::{
     domain::{NewRound, RoundStatus, Transition, round::NewRoundBody, round::TransitionError},
-    store::{rounds, rounds::RoundWithItems, sale::Preheat},
+    lifecycle::{dead_letters, rebuild},
+    store::{rounds, rounds::RoundWithItems, sale::RestoreMode},
 };
 
 pub async fn create_round(
@@ -147,22 +150,8 @@ pub async fn preheat(
 /// Preheats every item and renders its page, then drops the rounds cache.
 async fn open_sale(st: &AppState, r: &RoundWithItems) -> Result<(), ApiError> {
     for it in &r.items {
-        let p = Preheat {
-            round_id: r.round.id,
-            item_id: it.id,
-            stock: it.stock,
-            starts_ms: r.round.starts_at_ms,
-            ends_ms: r.round.ends_at_ms,
-            per_user_limit: it.per_user_limit,
-            price_cents: it.sale_price_cents,
-            info: vec![
-                ("title", it.title.clone()),
-                ("image_url", it.image_url.clone()),
-                ("sale_price_cents", it.sale_price_cents.to_string()),
-                ("original_price_cents", it.original_price_cents.to_string()),
-            ],
-        };
-        st.sale.preheat(&p).await?;
+        rebuild::rebuild_item(&st.lifecycle, &r.round, it, RestoreMode::Missing).await?;
+        st.sale.preheat(&rebuild::preheat_of(&r.round, it)).await?;
         st.pages.render_item(&r.round, it).await.map_err(|e| {
             tracing::error!(error = %e, "cannot render a sale page");
             ApiError::Unavailable("cannot write the sale pages; run preheat again".into())
@@ -197,4 +186,134 @@ pub async fn stock(
         "reserved": c.reserved,
         "sold": c.sold,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeadLetterQuery {
+    /// Most dead letters listed (default 100).
+    pub limit: Option<usize>,
+}
+
+/// Which dead letters to act on: `{"all": true}` or `{"attempt_ids": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSelection {
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub attempt_ids: Vec<String>,
+}
+
+impl DeadLetterSelection {
+    fn parse(body: Option<Self>) -> Result<dead_letters::Selection, ApiError> {
+        let b = body.ok_or_else(|| {
+            ApiError::BadRequest("body must be {\"all\": true} or {\"attempt_ids\": [...]}".into())
+        })?;
+        match (b.all, b.attempt_ids.is_empty()) {
+            (true, true) => Ok(dead_letters::Selection::All),
+            (false, false) if b.attempt_ids.len() <= dead_letters::MAX_SCAN => Ok(
+                dead_letters::Selection::Attempts(b.attempt_ids.into_iter().collect()),
+            ),
+            (false, false) => Err(ApiError::BadRequest("too many attempt_ids".into())),
+            _ => Err(ApiError::BadRequest(
+                "give either \"all\": true or a non-empty \"attempt_ids\"".into(),
+            )),
+        }
+    }
+}
+
+fn broker_error(e: dead_letters::DeadLetterError) -> ApiError {
+    match e {
+        dead_letters::DeadLetterError::Store(e) => e.into(),
+        other => {
+            tracing::error!(error = %other, "dead-letter operation failed");
+            ApiError::Unavailable("the message broker is unavailable; try again".into())
+        }
+    }
+}
+
+pub async fn dead_letters(
+    State(st): State<AppState>,
+    Admin(_): Admin,
+    Query(q): Query<DeadLetterQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > dead_letters::MAX_SCAN {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1-{}",
+            dead_letters::MAX_SCAN
+        )));
+    }
+    let list = dead_letters::list(&st.lifecycle, st.publisher.topology(), limit)
+        .await
+        .map_err(broker_error)?;
+    Ok(Json(json!({ "count": list.len(), "dead_letters": list })))
+}
+
+#[tracing::instrument(name = "replay_dead_letters", skip_all, fields(by = %admin.sub))]
+pub async fn replay_dead_letters(
+    State(st): State<AppState>,
+    Admin(admin): Admin,
+    JsonBody(body): JsonBody<DeadLetterSelection>,
+) -> Result<Json<Value>, ApiError> {
+    let sel = DeadLetterSelection::parse(body)?;
+    let out = dead_letters::replay(&st.lifecycle, &st.publisher, &sel)
+        .await
+        .map_err(broker_error)?;
+    tracing::info!(count = out.len(), "dead letters replayed");
+    Ok(Json(json!({ "results": out })))
+}
+
+#[tracing::instrument(name = "discard_dead_letters", skip_all, fields(by = %admin.sub))]
+pub async fn discard_dead_letters(
+    State(st): State<AppState>,
+    Admin(admin): Admin,
+    JsonBody(body): JsonBody<DeadLetterSelection>,
+) -> Result<Json<Value>, ApiError> {
+    let sel = DeadLetterSelection::parse(body)?;
+    let out = dead_letters::discard(&st.lifecycle, st.publisher.topology(), &sel)
+        .await
+        .map_err(broker_error)?;
+    tracing::info!(count = out.len(), "dead letters discarded");
+    Ok(Json(json!({ "results": out })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReconcileQuery {
+    pub round_id: Option<String>,
+}
+
+async fn run_reconcile(
+    st: &AppState,
+    q: ReconcileQuery,
+    repair: bool,
+) -> Result<Json<Value>, ApiError> {
+    let round = q.round_id.as_deref().map(path_id).transpose()?;
+    let items = rebuild::reconcile(&st.lifecycle, round, repair).await?;
+    let consistent = items.iter().all(|i| i.consistent());
+    Ok(Json(json!({
+        "consistent": consistent,
+        "repaired": items.iter().filter(|i| i.repaired).count(),
+        "items": items,
+    })))
+}
+
+/// `GET /admin/reconcile[?round_id=N]`: the report, nothing changed.
+pub async fn reconcile(
+    State(st): State<AppState>,
+    Admin(_): Admin,
+    Query(q): Query<ReconcileQuery>,
+) -> Result<Json<Value>, ApiError> {
+    run_reconcile(&st, q, false).await
+}
+
+/// `POST /admin/reconcile/repair[?round_id=N]`: the report, and every item
+/// that differs rebuilt from the database.
+#[tracing::instrument(name = "repair", skip_all, fields(by = %admin.sub))]
+pub async fn repair(
+    State(st): State<AppState>,
+    Admin(admin): Admin,
+    Query(q): Query<ReconcileQuery>,
+) -> Result<Json<Value>, ApiError> {
+    run_reconcile(&st, q, true).await
 }

@@ -36,7 +36,7 @@ pub async fn get(
         "created_at_ms": rec.created_ms,
     });
     let obj = body.as_object_mut().expect("object");
-    if status == AttemptStatus::Ordered {
+    if matches!(status, AttemptStatus::Ordered | AttemptStatus::Paid) {
         obj.insert("order_id".into(), json!(rec.order_id));
         if let Some(ms) = rec.pay_by_ms {
             obj.insert("pay_by_ms".into(), json!(ms));

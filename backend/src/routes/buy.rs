@@ -19,9 +19,15 @@ use super::{
 };
 use crate::{
     domain::{AttemptId, AttemptStatus, BuyRequest, buy::BuyBody},
+    lifecycle::rebuild::{self, Ensured},
     queue::OrderMessage,
     store::sale::ReserveOutcome,
 };
+
+/// How long a buy waits for another request's rebuild of an item's counters
+/// (steps of 50 ms, 2 s in all) before answering 503.
+const REBUILD_WAIT_STEPS: usize = 40;
+const REBUILD_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 64;
@@ -78,11 +84,44 @@ async fn buy_inner(
     let now = st.clock.now_ms();
     let id = AttemptId::new(round_id, item_id, now);
     let start = Instant::now();
-    let outcome = st
+    let mut outcome = st
         .sale
         .reserve(&id, &claims.sub, req.qty, now, &idem)
         .await?;
     metrics::histogram!("seckill_reserve_seconds").record(start.elapsed().as_secs_f64());
+    if outcome == ReserveOutcome::Unknown {
+        // No counters: not on sale, or Redis lost them. Never sell from
+        // nothing: rebuild from the database first.
+        match rebuild::ensure_item(&st.lifecycle, round_id, item_id).await? {
+            Ensured::NotOnSale => {}
+            Ensured::Busy => {
+                // Another request is rebuilding it: wait a moment for it.
+                let mut ready = false;
+                for _ in 0..REBUILD_WAIT_STEPS {
+                    tokio::time::sleep(REBUILD_WAIT_STEP).await;
+                    if st.sale.counters(round_id, item_id).await?.is_some() {
+                        ready = true;
+                        break;
+                    }
+                }
+                if !ready {
+                    return Err(ApiError::Unavailable(
+                        "the sale's state is being rebuilt; try again in a moment".into(),
+                    ));
+                }
+                outcome = st
+                    .sale
+                    .reserve(&id, &claims.sub, req.qty, now, &idem)
+                    .await?;
+            }
+            Ensured::Ready => {
+                outcome = st
+                    .sale
+                    .reserve(&id, &claims.sub, req.qty, now, &idem)
+                    .await?;
+            }
+        }
+    }
 
     match outcome {
         ReserveOutcome::Reserved { price_cents } => {

@@ -38,6 +38,15 @@ pub enum ApiError {
     Ended,
     #[error("{0}")]
     Conflict(String),
+    #[error("{message}")]
+    ConflictWith {
+        message: String,
+        extra: Map<String, Value>,
+    },
+    #[error("{0}")]
+    PaymentDeclined(String),
+    #[error("{0}")]
+    PaymentPending(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -59,7 +68,9 @@ impl ApiError {
             Self::NotStarted { .. } => e::NOT_STARTED,
             Self::SoldOut(..) => e::SOLD_OUT,
             Self::Ended => e::ENDED,
-            Self::Conflict(_) => e::CONFLICT,
+            Self::Conflict(_) | Self::ConflictWith { .. } => e::CONFLICT,
+            Self::PaymentDeclined(_) => e::PAYMENT_DECLINED,
+            Self::PaymentPending(_) => e::PAYMENT_PENDING,
             Self::Unavailable(_) => e::UNAVAILABLE,
             Self::Internal(_) => e::INTERNAL,
         }
@@ -76,7 +87,9 @@ impl ApiError {
             Self::LimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotStarted { .. } => StatusCode::TOO_EARLY,
             Self::SoldOut(..) | Self::Ended => StatusCode::GONE,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::ConflictWith { .. } => StatusCode::CONFLICT,
+            Self::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::PaymentPending(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -119,7 +132,9 @@ impl IntoResponse for ApiError {
                     body.insert("starts_at".into(), json!(t.to_rfc3339()));
                 }
             }
-            Self::LimitExceeded { extra, .. } | Self::SoldOut(_, extra) => {
+            Self::LimitExceeded { extra, .. }
+            | Self::SoldOut(_, extra)
+            | Self::ConflictWith { extra, .. } => {
                 body.extend(extra.clone());
             }
             _ => {}
@@ -149,6 +164,12 @@ mod tests {
             ApiError::SoldOut(String::new(), Map::new()),
             ApiError::Ended,
             ApiError::Conflict(String::new()),
+            ApiError::ConflictWith {
+                message: String::new(),
+                extra: Map::new(),
+            },
+            ApiError::PaymentDeclined(String::new()),
+            ApiError::PaymentPending(String::new()),
             ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
         ];

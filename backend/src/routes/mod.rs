@@ -7,6 +7,7 @@ pub mod attempts;
 pub mod buy;
 pub mod error;
 pub mod extract;
+pub mod orders;
 pub mod rounds;
 
 use std::{sync::Arc, time::Instant};
@@ -38,6 +39,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub rounds_cache: moka::future::Cache<(), Arc<serde_json::Value>>,
     pub pages: Arc<PageRenderer>,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// The API router with its middleware.
@@ -47,6 +49,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rounds", get(rounds::list))
         .route("/api/rounds/{round_id}/items/{item_id}/buy", post(buy::buy))
         .route("/api/attempts/{attempt_id}", get(attempts::get))
+        .route("/api/orders/{order_id}/pay", post(orders::pay))
+        .route("/admin/dead-letters", get(admin::dead_letters))
+        .route(
+            "/admin/dead-letters/replay",
+            post(admin::replay_dead_letters),
+        )
+        .route(
+            "/admin/dead-letters/discard",
+            post(admin::discard_dead_letters),
+        )
+        .route("/admin/reconcile", get(admin::reconcile))
+        .route("/admin/reconcile/repair", post(admin::repair))
         .route("/admin/rounds", post(admin::create_round))
         .route("/admin/rounds/{round_id}", get(admin::get_round))
         .route("/admin/rounds/{round_id}/submit", post(admin::submit))

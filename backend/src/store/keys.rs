@@ -6,7 +6,8 @@
 //! - `<prefix>:{r1:i2}:info` — hash: the item's public data
 //! - `<prefix>:{r1:i2}:buyers` — hash: user id → attempt id
 //! - `<prefix>:{r1:i2}:attempt:<attempt id>` — hash: user, qty, status,
-//!   created_ms, idem, price_cents, order_id, pay_by_ms, reason
+//!   created_ms, idem, price_cents, order_id, pay_by_ms, paid_ms, reason
+//! - `<prefix>:{r1:i2}:lock:<name>` — a short exclusive lock (rebuilds)
 
 /// Builds the keys of one item.
 #[derive(Clone, Debug)]
@@ -36,6 +37,11 @@ impl ItemKeys {
     /// The prefix an attempt id is appended to.
     pub fn attempt_prefix(&self) -> String {
         format!("{}:attempt:", self.base)
+    }
+
+    /// A short-lived lock (e.g. `rebuild`) on the item.
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}:lock:{name}", self.base)
     }
 
     pub fn attempt(&self, attempt_id: &str) -> String {

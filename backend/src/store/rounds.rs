@@ -79,18 +79,38 @@ pub async fn get(
     Ok(Some(RoundWithItems { round, items }))
 }
 
+/// Every approved round with its items, oldest first.
+pub async fn approved(db: &DatabaseConnection) -> Result<Vec<RoundWithItems>, StoreError> {
+    with_items(
+        db,
+        round::Entity::find()
+            .filter(round::Column::Status.eq(RoundStatus::Approved.as_str()))
+            .order_by_asc(round::Column::Id),
+    )
+    .await
+}
+
 /// Approved rounds that have not ended, with their items, soonest first.
 pub async fn visible(
     db: &DatabaseConnection,
     now_ms: i64,
 ) -> Result<Vec<RoundWithItems>, StoreError> {
-    let rounds = round::Entity::find()
-        .filter(round::Column::Status.eq(RoundStatus::Approved.as_str()))
-        .filter(round::Column::EndsAtMs.gt(now_ms))
-        .order_by_asc(round::Column::StartsAtMs)
-        .find_with_related(item::Entity)
-        .all(db)
-        .await?;
+    with_items(
+        db,
+        round::Entity::find()
+            .filter(round::Column::Status.eq(RoundStatus::Approved.as_str()))
+            .filter(round::Column::EndsAtMs.gt(now_ms))
+            .order_by_asc(round::Column::StartsAtMs),
+    )
+    .await
+}
+
+/// The rounds `query` selects, each with its items in id order.
+async fn with_items(
+    db: &DatabaseConnection,
+    query: sea_orm::Select<round::Entity>,
+) -> Result<Vec<RoundWithItems>, StoreError> {
+    let rounds = query.find_with_related(item::Entity).all(db).await?;
     Ok(rounds
         .into_iter()
         .map(|(round, mut items)| {

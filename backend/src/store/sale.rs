@@ -21,6 +21,10 @@ const RELEASE: &str = include_str!("../../../lua/redis/release.lua");
 const CLAIM: &str = include_str!("../../../lua/redis/claim.lua");
 const MARK_ORDERED: &str = include_str!("../../../lua/redis/mark_ordered.lua");
 const PREHEAT: &str = include_str!("../../../lua/redis/preheat.lua");
+const SETTLE: &str = include_str!("../../../lua/redis/settle.lua");
+const ADOPT: &str = include_str!("../../../lua/redis/adopt.lua");
+const REVIVE: &str = include_str!("../../../lua/redis/revive.lua");
+const RESTORE: &str = include_str!("../../../lua/redis/restore.lua");
 
 struct Scripts {
     reserve: Script,
@@ -28,6 +32,10 @@ struct Scripts {
     claim: Script,
     mark_ordered: Script,
     preheat: Script,
+    settle: Script,
+    adopt: Script,
+    revive: Script,
+    restore: Script,
 }
 
 /// Handle on the sale state of every item under one key prefix.
@@ -99,6 +107,71 @@ pub struct AttemptRecord {
     pub reason: Option<String>,
 }
 
+/// A settlement decided in the database, applied to the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// `reserved → sold`.
+    Paid,
+    /// `reserved → available`.
+    Expired,
+}
+
+impl Settlement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paid => "paid",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// How `restore` treats counters that exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Write only when the item has no counters (Redis lost them).
+    Missing,
+    /// Replace them (a repair).
+    Overwrite,
+}
+
+/// An item's state as rebuilt from the database.
+#[derive(Clone, Debug)]
+pub struct Restore {
+    pub round_id: i64,
+    pub item_id: i64,
+    pub counters: Counters,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: i64,
+    pub price_cents: i64,
+    pub attempts: Vec<RestoredAttempt>,
+}
+
+/// One order's attempt as `restore` writes it.
+#[derive(Clone, Debug)]
+pub struct RestoredAttempt {
+    pub attempt_id: String,
+    pub user: String,
+    pub qty: i64,
+    /// `ordered`, `paid` or `cancelled`.
+    pub status: &'static str,
+    pub pay_by_ms: i64,
+    pub created_ms: i64,
+    pub reason: Option<String>,
+    pub price_cents: i64,
+}
+
+/// The fields `adopt` and `revive` recreate an attempt from (the order
+/// message's data).
+#[derive(Clone, Debug)]
+pub struct AttemptSeed<'a> {
+    pub id: &'a AttemptId,
+    pub user: &'a str,
+    pub qty: i64,
+    pub price_cents: i64,
+    pub created_ms: i64,
+}
+
 impl SaleStore {
     /// Connects (the manager reconnects by itself afterwards) and loads the
     /// scripts.
@@ -119,6 +192,10 @@ impl SaleStore {
                 claim: Script::new(CLAIM),
                 mark_ordered: Script::new(MARK_ORDERED),
                 preheat: Script::new(PREHEAT),
+                settle: Script::new(SETTLE),
+                adopt: Script::new(ADOPT),
+                revive: Script::new(REVIVE),
+                restore: Script::new(RESTORE),
             }),
         };
         store.load_scripts().await?;
@@ -135,6 +212,10 @@ impl SaleStore {
             &s.claim,
             &s.mark_ordered,
             &s.preheat,
+            &s.settle,
+            &s.adopt,
+            &s.revive,
+            &s.restore,
         ] {
             script.prepare_invoke().load_async(&mut c).await?;
         }
@@ -249,6 +330,175 @@ impl SaleStore {
             .arg(now_ms)
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// Applies a settlement the database decided (see `settle.lua`).
+    /// Returns `applied`, `already`, `missing` or a conflicting status.
+    pub async fn settle(
+        &self,
+        id: &AttemptId,
+        outcome: Settlement,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let attempt_id = id.to_string();
+        Ok(self
+            .scripts
+            .settle
+            .key(k.stock())
+            .key(k.attempt(&attempt_id))
+            .arg(outcome.as_str())
+            .arg(&attempt_id)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Re-reserves an attempt Redis lost (see `adopt.lua`).
+    pub async fn adopt(&self, seed: &AttemptSeed<'_>, now_ms: i64) -> Result<String, StoreError> {
+        self.seeded(&self.scripts.adopt, seed, now_ms, true).await
+    }
+
+    /// Re-reserves a dead-lettered attempt for a replay (see `revive.lua`).
+    pub async fn revive(&self, seed: &AttemptSeed<'_>, now_ms: i64) -> Result<String, StoreError> {
+        self.seeded(&self.scripts.revive, seed, now_ms, false).await
+    }
+
+    async fn seeded(
+        &self,
+        script: &Script,
+        seed: &AttemptSeed<'_>,
+        now_ms: i64,
+        user_first: bool,
+    ) -> Result<String, StoreError> {
+        let k = self.keys(seed.id.round_id, seed.id.item_id);
+        let attempt_id = seed.id.to_string();
+        let mut inv = script.key(k.stock());
+        inv.key(k.buyers()).key(k.attempt(&attempt_id));
+        if user_first {
+            inv.arg(seed.user).arg(seed.qty).arg(&attempt_id);
+        } else {
+            inv.arg(&attempt_id).arg(seed.user).arg(seed.qty);
+        }
+        inv.arg(now_ms).arg(seed.price_cents).arg(seed.created_ms);
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Writes an item's counters, buyers and attempts from the database
+    /// (see `restore.lua`); returns whether it wrote the counters.
+    pub async fn restore(&self, r: &Restore, mode: RestoreMode) -> Result<bool, StoreError> {
+        let k = self.keys(r.round_id, r.item_id);
+        let mut inv = self.scripts.restore.key(k.stock());
+        inv.key(k.buyers());
+        for a in &r.attempts {
+            inv.key(k.attempt(&a.attempt_id));
+        }
+        inv.arg(match mode {
+            RestoreMode::Missing => "missing",
+            RestoreMode::Overwrite => "overwrite",
+        })
+        .arg(r.counters.total)
+        .arg(r.counters.available)
+        .arg(r.counters.reserved)
+        .arg(r.counters.sold)
+        .arg(r.starts_ms)
+        .arg(r.ends_ms)
+        .arg(r.per_user_limit)
+        .arg(r.price_cents);
+        for a in &r.attempts {
+            inv.arg(&a.attempt_id)
+                .arg(&a.user)
+                .arg(a.qty)
+                .arg(a.status)
+                .arg(&a.attempt_id)
+                .arg(a.pay_by_ms)
+                .arg(a.created_ms)
+                .arg(a.reason.as_deref().unwrap_or(""))
+                .arg(a.price_cents);
+        }
+        let wrote: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(wrote == 1)
+    }
+
+    /// Every attempt Redis holds for an item (SCAN; for reconciliation,
+    /// never on the buy path).
+    pub async fn item_attempts(
+        &self,
+        round_id: i64,
+        item_id: i64,
+    ) -> Result<Vec<(String, AttemptRecord)>, StoreError> {
+        let k = self.keys(round_id, item_id);
+        let prefix = k.attempt_prefix();
+        let mut c = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut ids = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await?;
+            ids.extend(
+                keys.into_iter()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned)),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for raw in ids {
+            if let Ok(id) = raw.parse::<AttemptId>()
+                && let Some(rec) = self.attempt(&id).await?
+            {
+                out.push((raw, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The Redis server's run id: it changes when the server restarts, i.e.
+    /// when it may have come back with less (or older) data.
+    pub async fn server_run_id(&self) -> Result<String, StoreError> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| s.trim().to_owned())
+            .ok_or_else(|| StoreError::Protocol("INFO server without run_id".into()))
+    }
+
+    /// Takes a short exclusive lock (SET NX PX) named `name` under the
+    /// item's hash tag; returns whether this caller holds it.
+    pub async fn try_lock(
+        &self,
+        round_id: i64,
+        item_id: i64,
+        name: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys(round_id, item_id);
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(k.lock(name))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(ok.is_some())
+    }
+
+    pub async fn unlock(&self, round_id: i64, item_id: i64, name: &str) -> Result<(), StoreError> {
+        let k = self.keys(round_id, item_id);
+        let _: i64 = self.conn.clone().del(k.lock(name)).await?;
+        Ok(())
     }
 
     /// An item's counters, `None` if it was never preheated.

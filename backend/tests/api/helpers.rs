@@ -7,6 +7,7 @@ use seckill_backend::{
     auth::Role,
     clock::ManualClock,
     config::{Config, QueueType},
+    payment::SimulatedProvider,
     queue::OrderWriter,
     routes::AppState,
     startup::{Application, BuildOptions},
@@ -24,6 +25,9 @@ pub enum Db {
     Postgres,
 }
 
+/// A last change to a test app's configuration.
+pub type Tweak = Box<dyn Fn(&mut Config) + Send + Sync>;
+
 pub struct TestOptions {
     pub db: Db,
     pub writer: bool,
@@ -34,6 +38,10 @@ pub struct TestOptions {
     pub clock: Option<ManualClock>,
     pub payment_timeout_secs: u64,
     pub delivery_limit: Option<u32>,
+    /// Replaces the simulated payment provider (tests steer and count it).
+    pub provider: Option<Arc<SimulatedProvider>>,
+    /// Last changes to the configuration.
+    pub tweak: Option<Tweak>,
 }
 
 impl Default for TestOptions {
@@ -46,6 +54,8 @@ impl Default for TestOptions {
             clock: None,
             payment_timeout_secs: 600,
             delivery_limit: None,
+            provider: None,
+            tweak: None,
         }
     }
 }
@@ -132,11 +142,17 @@ impl TestApp {
                 format!("{base}/{name}")
             }
         };
+        if let Some(t) = &opts.tweak {
+            t(&mut cfg);
+        }
         cfg.validate().expect("valid test config");
 
         let mut build = BuildOptions::default();
         if let Some(c) = &opts.clock {
             build.clock = Arc::new(c.clone());
+        }
+        if let Some(p) = &opts.provider {
+            build.provider = Some(p.clone());
         }
         let app = Application::build(cfg.clone(), build)
             .await
@@ -288,13 +304,7 @@ impl TestApp {
 
     /// A standalone order writer over this app's stores.
     pub fn order_writer(&self) -> OrderWriter {
-        OrderWriter::new(
-            &self.config,
-            self.state.sale.clone(),
-            self.state.db.clone(),
-            self.state.clock.clone(),
-            Default::default(),
-        )
+        OrderWriter::new(self.state.lifecycle.clone(), Default::default())
     }
 
     /// Stops the app and removes what the test created.
@@ -304,7 +314,11 @@ impl TestApp {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         crate::common::delete_keys(&self.state.sale, &self.config.redis.key_prefix).await;
-        delete_queues(&self.config.rabbitmq.queue).await;
+        crate::common::delete_topology(
+            &amqp_url(),
+            &seckill_backend::queue::topology::Topology::from_config(&self.config),
+        )
+        .await;
         if let Some(name) = self.pg_db.take() {
             self.state.db.clone().close().await.ok();
             if let Ok(admin) = Database::connect(pg_admin_url()).await {
@@ -320,10 +334,6 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-async fn delete_queues(queue: &str) {
-    crate::common::delete_queues(&amqp_url(), queue).await;
 }
 
 /// Retries `check` until it returns `Some`, failing the test after `limit`.

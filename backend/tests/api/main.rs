@@ -8,5 +8,6 @@ mod buy;
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;
+mod lifecycle;
 mod resilience;
 mod writer;

@@ -19,13 +19,28 @@ pub async fn delete_keys(store: &SaleStore, prefix: &str) {
     }
 }
 
-/// Deletes an order queue and its dead-letter queue.
+/// Deletes every queue of the topology around the order queue `queue`
+/// (dead letters, retry tiers, expiry) as the default config declares it.
 pub async fn delete_queues(amqp_url: &str, queue: &str) {
+    let mut cfg = seckill_backend::config::Config::default();
+    cfg.rabbitmq.queue = queue.to_owned();
+    delete_topology(
+        amqp_url,
+        &seckill_backend::queue::topology::Topology::from_config(&cfg),
+    )
+    .await;
+}
+
+/// Deletes every queue of `topology`.
+pub async fn delete_topology(
+    amqp_url: &str,
+    topology: &seckill_backend::queue::topology::Topology,
+) {
     use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
     if let Ok(conn) = Connection::connect(amqp_url, ConnectionProperties::default()).await
         && let Ok(ch) = conn.create_channel().await
     {
-        for q in [queue.to_owned(), format!("{queue}.dead")] {
+        for q in topology.all() {
             let _ = ch
                 .queue_delete(q.into(), QueueDeleteOptions::default())
                 .await;

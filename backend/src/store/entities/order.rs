@@ -21,6 +21,9 @@ pub struct Model {
     pub paid_at_ms: Option<i64>,
     pub cancelled_at_ms: Option<i64>,
     pub cancel_reason: Option<String>,
+    pub payment_started_at_ms: Option<i64>,
+    pub charge_id: Option<String>,
+    pub counters_applied: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -31,6 +34,8 @@ impl ActiveModelBehavior for ActiveModel {}
 /// Order statuses as stored.
 pub mod status {
     pub const PENDING_PAYMENT: &str = "pending_payment";
+    /// A payment is in flight; expiry waits for its outcome.
+    pub const PAYING: &str = "paying";
     pub const PAID: &str = "paid";
     pub const CANCELLED: &str = "cancelled";
 }

@@ -1,0 +1,59 @@
+//! The order lifecycle after the order is written: payment, unpaid-order
+//! expiry, the sweep that repairs what a lost message or a crash left
+//! behind, dead letters, and reconciliation of Redis with the database.
+//!
+//! The database decides, Redis follows. Payment and expiry each make one
+//! conditional update of the order row (`pending_payment → paying → paid`,
+//! `pending_payment → cancelled`), so exactly one of them wins; the winner
+//! then applies its effect to the counters with `settle.lua`, which moves
+//! the units once however often it runs, and finally records
+//! `counters_applied`. A crash between the two steps is repaired by the
+//! sweep, which re-applies every settled order whose counters flag is still
+//! false.
+//!
+//! - [`settle`] — pay, expire, resolve a payment of unknown outcome
+//! - [`expiry`] — expiry messages through a TTL queue, and their consumer
+//! - [`sweep`] — the periodic backstop
+//! - [`rebuild`] — reconciliation reports and rebuilding Redis from the
+//!   database
+//! - [`dead_letters`] — list, replay, discard
+
+pub mod dead_letters;
+pub mod expiry;
+pub mod rebuild;
+pub mod settle;
+pub mod sweep;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::{clock::Clock, config::Config, payment::PaymentProvider, store::SaleStore};
+
+/// Everything lifecycle operations need; shared by the API, the order
+/// writer and the background jobs.
+pub struct Lifecycle {
+    pub config: Arc<Config>,
+    pub sale: SaleStore,
+    pub db: DatabaseConnection,
+    pub clock: Arc<dyn Clock>,
+    pub provider: Arc<dyn PaymentProvider>,
+}
+
+impl Lifecycle {
+    pub fn new(
+        config: Arc<Config>,
+        sale: SaleStore,
+        db: DatabaseConnection,
+        clock: Arc<dyn Clock>,
+        provider: Arc<dyn PaymentProvider>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            sale,
+            db,
+            clock,
+            provider,
+        })
+    }
+}

@@ -1,0 +1,48 @@
+-- settle.lua — apply a settlement the database already decided to the
+-- counters: a paid order's units move `reserved → sold`, an expired order's
+-- units move `reserved → available` (buyable again at once).
+--
+-- KEYS[1] stock hash, KEYS[2] attempt hash
+-- ARGV: outcome ('paid' | 'expired'), order_id, now_ms
+--
+-- The database's conditional update is the arbiter between payment and
+-- expiry; this script only follows it, once: the attempt's status says
+-- whether the units already moved. An expired buyer stays in the buyers
+-- hash (the order row keeps their one order for the item).
+-- Replies: 'applied' | 'already' | 'missing' | the conflicting status.
+local outcome = ARGV[1]
+local a = redis.call('HMGET', KEYS[2], 'status', 'qty')
+local status = a[1]
+if not status then
+  return 'missing'
+end
+local live = status == 'queued' or status == 'writing' or status == 'ordered'
+if outcome == 'paid' then
+  if status == 'paid' then
+    return 'already'
+  end
+  if not live then
+    return status
+  end
+  local qty = tonumber(a[2])
+  redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
+  redis.call('HINCRBY', KEYS[1], 'sold', qty)
+  redis.call('HSET', KEYS[2], 'status', 'paid', 'order_id', ARGV[2],
+    'paid_ms', ARGV[3], 'updated_ms', ARGV[3])
+  return 'applied'
+end
+if outcome == 'expired' then
+  if status == 'cancelled' then
+    return 'already'
+  end
+  if not live then
+    return status
+  end
+  local qty = tonumber(a[2])
+  redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
+  redis.call('HINCRBY', KEYS[1], 'available', qty)
+  redis.call('HSET', KEYS[2], 'status', 'cancelled', 'reason', 'expired',
+    'order_id', ARGV[2], 'updated_ms', ARGV[3])
+  return 'applied'
+end
+return redis.error_reply('settle: unknown outcome ' .. tostring(outcome))
