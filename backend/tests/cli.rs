@@ -1,4 +1,5 @@
-//! The binary's `check-config` and `mint-token` subcommands.
+//! The binary's subcommands: `check-config`, `mint-token`, `reconcile`,
+//! `dead-letters`.
 
 use std::process::Command;
 
@@ -67,4 +68,112 @@ fn mint_token_prints_a_verifiable_token() {
     let claims = keys.verify(token.trim()).unwrap();
     assert_eq!(claims.sub, "alice");
     assert_eq!(claims.role, seckill_backend::auth::Role::Approver);
+}
+
+/// `reconcile` reports an approved item Redis has no counters for (exit 2),
+/// `--repair` rebuilds it from the database, and `dead-letters list` reads
+/// an empty dead-letter queue.
+#[tokio::test]
+async fn reconcile_and_dead_letters_subcommands() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    use seckill_backend::{
+        domain::{NewItem, NewRound, RoundStatus},
+        store::{db, entities::round, rounds},
+    };
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    let prefix = format!("cli{id}");
+    let queue = format!("seckill.test.cli.{id}");
+    let redis_url = std::env::var("SECKILL_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let amqp_url = std::env::var("SECKILL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+
+    let conn = db::connect_and_migrate(&db_url, 1).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let new = NewRound {
+        name: "cli".into(),
+        starts_at_ms: now,
+        ends_at_ms: now + 3_600_000,
+        items: vec![NewItem {
+            title: "x".into(),
+            description: String::new(),
+            image_url: String::new(),
+            original_price_cents: 2,
+            sale_price_cents: 1,
+            stock: 7,
+            per_user_limit: 1,
+        }],
+    };
+    let r = rounds::create(&conn, &new, "op", now).await.unwrap();
+    round::Entity::update_many()
+        .col_expr(
+            round::Column::Status,
+            Expr::value(RoundStatus::Approved.as_str()),
+        )
+        .filter(round::Column::Id.eq(r.round.id))
+        .exec(&conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let run = |args: &[&str]| {
+        let out = backend()
+            .args(args)
+            .env_remove("SECKILL_CONFIG")
+            .env("SECKILL__DATABASE__URL", &db_url)
+            .env("SECKILL__REDIS__URL", &redis_url)
+            .env("SECKILL__REDIS__KEY_PREFIX", &prefix)
+            .env("SECKILL__RABBITMQ__URL", &amqp_url)
+            .env("SECKILL__RABBITMQ__QUEUE", &queue)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["reconcile"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("redis has no counters"), "{out}");
+    let (code, out, err) = run(&["reconcile", "--repair"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\"repaired\": 1"), "{out}");
+    let (code, out, err) = run(&["reconcile"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\"consistent\": true"), "{out}");
+    assert!(out.contains("\"available\": 7"), "{out}");
+    let (code, out, err) = run(&["dead-letters", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "[]");
+    let (code, _, _) = run(&["dead-letters", "replay"]);
+    assert_ne!(code, Some(0), "replay needs --all or ids");
+
+    // Clean up the keys and queues this test made.
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let mut cfg = seckill_backend::config::Config::default();
+    cfg.rabbitmq.queue = queue;
+    let topology = seckill_backend::queue::topology::Topology::from_config(&cfg);
+    let conn = lapin::Connection::connect(&amqp_url, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in topology.all() {
+        let _ = ch.queue_delete(q.into(), Default::default()).await;
+    }
 }
