@@ -167,9 +167,11 @@ async fn payment_and_expiry_racing_for_200_orders_each_end_exactly_one_way() {
     // the expiry queue and the sweep race them too).
     let base = tokio::time::Instant::now();
     let now = app.now_ms();
-    let races = written.iter().map(|o| {
+    // Spread over ±30 ms around each deadline so both sides get to win.
+    let races = written.iter().enumerate().map(|(i, o)| {
         let token = tokens[&o.id].clone();
-        let at = base + Duration::from_millis((o.pay_by_ms - now).max(0) as u64);
+        let offset = (i as i64 % 61) - 30;
+        let at = base + Duration::from_millis((o.pay_by_ms + offset - now).max(0) as u64);
         let id = o.id.clone();
         let app = &app;
         async move {
