@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn backend() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seckill-backend"))
 }
@@ -152,28 +154,13 @@ async fn reconcile_and_dead_letters_subcommands() {
     assert_ne!(code, Some(0), "replay needs --all or ids");
 
     // Clean up the keys and queues this test made.
-    let client = redis::Client::open(redis_url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
-    let mut cfg = seckill_backend::config::Config::default();
-    cfg.rabbitmq.queue = queue;
-    let topology = seckill_backend::queue::topology::Topology::from_config(&cfg);
-    let conn = lapin::Connection::connect(&amqp_url, Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    for q in topology.all() {
-        let _ = ch.queue_delete(q.into(), Default::default()).await;
-    }
+    let sale = seckill_backend::store::SaleStore::connect(
+        &redis_url,
+        &prefix,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    common::delete_keys(&sale, &prefix).await;
+    common::delete_queues(&amqp_url, &queue).await;
 }

@@ -11,38 +11,34 @@
 -- hash (the order row keeps their one order for the item).
 -- Replies: 'applied' | 'already' | 'missing' | the conflicting status.
 local outcome = ARGV[1]
+-- The units' destination, and the status that means "already applied".
+local to, final
+if outcome == 'paid' then
+  to, final = 'sold', 'paid'
+elseif outcome == 'expired' then
+  to, final = 'available', 'cancelled'
+else
+  return redis.error_reply('settle: unknown outcome ' .. tostring(outcome))
+end
 local a = redis.call('HMGET', KEYS[2], 'status', 'qty')
 local status = a[1]
 if not status then
   return 'missing'
 end
-local live = status == 'queued' or status == 'writing' or status == 'ordered'
+if status == final then
+  return 'already'
+end
+if not (status == 'queued' or status == 'writing' or status == 'ordered') then
+  return status
+end
+local qty = tonumber(a[2])
+redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
+redis.call('HINCRBY', KEYS[1], to, qty)
+redis.call('HSET', KEYS[2], 'status', final, 'order_id', ARGV[2],
+  'updated_ms', ARGV[3])
 if outcome == 'paid' then
-  if status == 'paid' then
-    return 'already'
-  end
-  if not live then
-    return status
-  end
-  local qty = tonumber(a[2])
-  redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
-  redis.call('HINCRBY', KEYS[1], 'sold', qty)
-  redis.call('HSET', KEYS[2], 'status', 'paid', 'order_id', ARGV[2],
-    'paid_ms', ARGV[3], 'updated_ms', ARGV[3])
-  return 'applied'
+  redis.call('HSET', KEYS[2], 'paid_ms', ARGV[3])
+else
+  redis.call('HSET', KEYS[2], 'reason', 'expired')
 end
-if outcome == 'expired' then
-  if status == 'cancelled' then
-    return 'already'
-  end
-  if not live then
-    return status
-  end
-  local qty = tonumber(a[2])
-  redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
-  redis.call('HINCRBY', KEYS[1], 'available', qty)
-  redis.call('HSET', KEYS[2], 'status', 'cancelled', 'reason', 'expired',
-    'order_id', ARGV[2], 'updated_ms', ARGV[3])
-  return 'applied'
-end
-return redis.error_reply('settle: unknown outcome ' .. tostring(outcome))
+return 'applied'
