@@ -159,6 +159,12 @@ pub struct LifecycleConfig {
     /// An order message older than this when the writer receives it is not
     /// turned into a late order: its units are released (reason `backlog`).
     pub backlog_threshold_ms: u64,
+    /// An attempt still `queued` (reserved, not taken by the order writer)
+    /// this long after the publisher's confirm timeout lost its way (a
+    /// reply lost, a process killed between reserve and confirm): the sweep
+    /// publishes its order message again, and the writer absorbs a
+    /// duplicate.
+    pub queued_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -252,6 +258,7 @@ impl Default for LifecycleConfig {
             sweep_interval_ms: 5_000,
             sweep_batch: 500,
             backlog_threshold_ms: 120_000,
+            queued_grace_ms: 10_000,
         }
     }
 }

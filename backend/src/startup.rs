@@ -72,7 +72,11 @@ impl Workers {
                 topology,
                 stop.clone(),
             )));
-            tasks.push(tokio::spawn(lifecycle::sweep::run(lc, stop.clone())));
+            tasks.push(tokio::spawn(lifecycle::sweep::run(
+                lc,
+                self.writer.publisher.clone(),
+                stop.clone(),
+            )));
         }
         tasks
     }

@@ -3,7 +3,10 @@
 -- reserved again from the rebuilt counters if they allow it; otherwise the
 -- attempt is recorded as cancelled so its buyer gets a final answer.
 --
--- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3] attempt hash
+-- (Prepended with guard.lua.)
+--
+-- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3] attempt hash,
+-- KEYS[4] in-flight set
 -- ARGV: user, qty, attempt_id, now_ms, price_cents, created_ms
 -- Replies: 'adopted' (attempt now `writing`), 'refused' (cancelled with a
 -- reason), 'no_counters' (rebuild the item first), or the attempt's status
@@ -13,7 +16,8 @@ local status = redis.call('HGET', KEYS[3], 'status')
 if status then
   return status
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Counters this server has not verified count as none: rebuild first.
+if redis.call('HGET', KEYS[1], 'verified') ~= server_run_id() then
   return 'no_counters'
 end
 local function refuse(reason)
@@ -35,4 +39,5 @@ redis.call('HINCRBY', KEYS[1], 'reserved', qty)
 redis.call('HSET', KEYS[2], user, id)
 redis.call('HSET', KEYS[3], 'user', user, 'qty', qty, 'status', 'writing',
   'created_ms', ARGV[6], 'price_cents', ARGV[5], 'idem', '', 'updated_ms', now)
+redis.call('ZADD', KEYS[4], ARGV[6], id)
 return 'adopted'

@@ -1,4 +1,5 @@
 -- preheat.lua — load one item's counters, window and data before its sale.
+-- (Prepended with guard.lua.)
 --
 -- KEYS[1] stock hash, KEYS[2] item info hash
 -- ARGV: total, starts_ms, ends_ms, per_user_limit, price_cents,
@@ -9,7 +10,7 @@
 local created = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'total', ARGV[1], 'available', ARGV[1],
-    'reserved', 0, 'sold', 0)
+    'reserved', 0, 'sold', 0, 'verified', server_run_id())
   created = 1
 end
 redis.call('HSET', KEYS[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3],

@@ -1,26 +1,46 @@
 -- restore.lua — rebuild an item's counters, buyers and attempts from the
--- database (after Redis lost its data, or on `reconcile --repair`).
+-- database (after Redis lost its data or restarted with older data, after
+-- the database refused an order for lack of stock, or on
+-- `reconcile --repair`). (Prepended with guard.lua.)
 --
--- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3..] one attempt hash per
--- order (same hash tag)
--- ARGV[1] mode: 'missing' (only when the counters do not exist) or
---         'overwrite' (replace them)
--- ARGV[2..9] total, available, reserved, sold, starts_ms, ends_ms,
---         per_user_limit, price_cents
--- ARGV[10..] per order, 9 values: attempt_id, user, qty, status, order_id,
+-- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3] in-flight set,
+-- KEYS[4] the item's rebuild lock, KEYS[5..] one attempt hash per order
+-- (same hash tag)
+-- ARGV[1] mode: 'verify' (only when the counters are missing or were not
+--         verified by this server) or 'overwrite' (always)
+-- ARGV[2] the rebuild lock's token: the caller holds the lock, so the
+--         scripts that follow a database decision wait meanwhile; the
+--         lock is released here
+-- ARGV[3] the attempt key prefix
+-- ARGV[4..10] total, units held by unpaid orders (pending or paying),
+--         sold, starts_ms, ends_ms, per_user_limit, price_cents
+-- ARGV[11..] per order, 9 values: attempt_id, user, qty, status, order_id,
 --         pay_by_ms, created_ms, reason ('' if none), price_cents
--- Replies 1 when it wrote the counters, 0 when they existed ('missing').
-if ARGV[1] == 'missing' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+--
+-- Units of attempts still on their way (in the in-flight set, `queued` or
+-- `writing`, without an order) are counted here, in the same atomic step
+-- that writes the counters, so reservations made while the caller read the
+-- database are never lost.
+-- Replies {written (1|0), available, reserved, sold, in_flight, over}:
+-- `over` > 0 when the database holds more units than the stock.
+local stock, buyers, inflight, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('GET', lock) ~= ARGV[2] then
+  return redis.error_reply('restore: the rebuild lock is not held')
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'total', ARGV[2], 'available', ARGV[3],
-  'reserved', ARGV[4], 'sold', ARGV[5], 'starts_ms', ARGV[6],
-  'ends_ms', ARGV[7], 'per_user_limit', ARGV[8], 'price_cents', ARGV[9])
-local n = (#ARGV - 9) / 9
+local run = server_run_id()
+if ARGV[1] == 'verify' and redis.call('HGET', stock, 'verified') == run then
+  redis.call('DEL', lock)
+  return {0, 0, 0, 0, 0, 0}
+end
+local prefix = ARGV[3]
+local total, unpaid, sold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local ordered = {}
+local n = (#ARGV - 10) / 9
 for i = 0, n - 1 do
-  local b = 10 + i * 9
-  local key = KEYS[3 + i]
+  local b = 11 + i * 9
+  local key = KEYS[5 + i]
+  ordered[ARGV[b]] = true
   redis.call('DEL', key)
   redis.call('HSET', key, 'user', ARGV[b + 1], 'qty', ARGV[b + 2],
     'status', ARGV[b + 3], 'order_id', ARGV[b + 4], 'pay_by_ms', ARGV[b + 5],
@@ -28,6 +48,32 @@ for i = 0, n - 1 do
   if ARGV[b + 7] ~= '' then
     redis.call('HSET', key, 'reason', ARGV[b + 7])
   end
-  redis.call('HSET', KEYS[2], ARGV[b + 1], ARGV[b])
+  redis.call('HSET', buyers, ARGV[b + 1], ARGV[b])
+  redis.call('ZREM', inflight, ARGV[b])
 end
-return 1
+
+local in_flight = 0
+for _, id in ipairs(redis.call('ZRANGE', inflight, 0, -1)) do
+  local a = redis.call('HMGET', prefix .. id, 'status', 'qty', 'user')
+  if a[1] == 'queued' or a[1] == 'writing' then
+    in_flight = in_flight + tonumber(a[2])
+    redis.call('HSET', buyers, a[3], id)
+  else
+    redis.call('ZREM', inflight, id)
+  end
+end
+
+local reserved = unpaid + in_flight
+local available = total - reserved - sold
+local over = 0
+if available < 0 then
+  over = -available
+  available = 0
+end
+redis.call('DEL', stock)
+redis.call('HSET', stock, 'total', total, 'available', available,
+  'reserved', reserved, 'sold', sold, 'starts_ms', ARGV[7],
+  'ends_ms', ARGV[8], 'per_user_limit', ARGV[9], 'price_cents', ARGV[10],
+  'verified', run)
+redis.call('DEL', lock)
+return {1, available, reserved, sold, in_flight, over}

@@ -1,7 +1,10 @@
 -- revive.lua — replaying a dead letter: reserve the attempt's units again
 -- so the order writer can write its order.
 --
--- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3] attempt hash
+-- (Prepended with guard.lua.)
+--
+-- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3] attempt hash,
+-- KEYS[4] in-flight set
 -- ARGV: attempt_id, user, qty, now_ms, price_cents, created_ms
 -- Only an attempt cancelled as a dead letter (or one Redis lost) is
 -- revived, and only from units that are available now: a replay never
@@ -21,7 +24,8 @@ end
 if status and not (status == 'cancelled' and reason == 'dead_letter') then
   return 'cancelled'
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Counters this server has not verified count as none: rebuild first.
+if redis.call('HGET', KEYS[1], 'verified') ~= server_run_id() then
   return 'no_counters'
 end
 local held = redis.call('HGET', KEYS[2], user)
@@ -38,4 +42,5 @@ redis.call('HSET', KEYS[2], user, id)
 redis.call('HDEL', KEYS[3], 'reason')
 redis.call('HSET', KEYS[3], 'user', user, 'qty', qty, 'status', 'queued',
   'created_ms', ARGV[6], 'price_cents', ARGV[5], 'idem', '', 'updated_ms', now)
+redis.call('ZADD', KEYS[4], now, id)
 return 'revived'

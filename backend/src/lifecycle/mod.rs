@@ -1,6 +1,7 @@
-//! The order lifecycle after the order is written: payment, unpaid-order
-//! expiry, the sweep that repairs what a lost message or a crash left
-//! behind, dead letters, and reconciliation of Redis with the database.
+//! The order lifecycle: the buy itself (reserve, confirmed publish), and
+//! after the order is written, payment, unpaid-order expiry, the sweep that
+//! repairs what a lost message or a crash left behind, dead letters, and
+//! reconciliation of Redis with the database.
 //!
 //! The database decides, Redis follows. Payment and expiry each make one
 //! conditional update of the order row (`pending_payment → paying → paid`,
@@ -11,6 +12,7 @@
 //! sweep, which re-applies every settled order whose counters flag is still
 //! false.
 //!
+//! - [`buy`] — reserve and publish, answered only after the confirm
 //! - [`settle`] — pay, expire, resolve a payment of unknown outcome
 //! - [`expiry`] — expiry messages through a TTL queue, and their consumer
 //! - [`sweep`] — the periodic backstop
@@ -18,6 +20,7 @@
 //!   database
 //! - [`dead_letters`] — list, replay, discard
 
+pub mod buy;
 pub mod dead_letters;
 pub mod expiry;
 pub mod rebuild;

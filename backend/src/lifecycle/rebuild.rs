@@ -2,7 +2,15 @@
 //! database's orders, every difference reported; and rebuilding an item's
 //! Redis state from the database, which is what `--repair` does and what
 //! the backend does by itself before it sells from an item whose counters
-//! Redis lost.
+//! Redis lost, whose counters a restarted Redis brought back from older
+//! data (the reserve script answers `stale`), or whose counters the
+//! database contradicted (an order refused for lack of stock).
+//!
+//! A rebuild holds the item's lock from before it reads the database until
+//! `restore.lua` wrote the counters: the scripts that follow a database
+//! decision (marking an order written, settling a payment or expiry) wait
+//! meanwhile, and the units of attempts still on their way are counted
+//! inside the script, so nothing that happens during the rebuild is lost.
 //!
 //! What the database implies for an item with `stock` units:
 //! `sold = Σ qty(paid)`, `reserved = Σ qty(pending_payment, paying) +
@@ -25,7 +33,7 @@ use crate::{
             round,
         },
         rounds,
-        sale::{AttemptRecord, Counters, Preheat, Restore, RestoreMode, RestoredAttempt},
+        sale::{AttemptRecord, Counters, Preheat, Restore, RestoreMode, Restored, RestoredAttempt},
     },
 };
 
@@ -143,37 +151,63 @@ fn in_flight_of(
         .sum()
 }
 
-/// Rewrites an item's Redis state from the database. `Missing` writes only
-/// when Redis has no counters for it (and returns whether it wrote);
-/// `Overwrite` replaces them, keeping the units of in-flight attempts
-/// reserved.
+/// Rewrites an item's Redis state from the database under the item's
+/// rebuild lock. `Verify` writes only when Redis has no counters for it or
+/// counters the running server did not verify; `Overwrite` always
+/// replaces them. `None` when another rebuild holds the item.
 pub async fn rebuild_item(
     lc: &Lifecycle,
     r: &round::Model,
     it: &item::Model,
     mode: RestoreMode,
-) -> Result<bool, StoreError> {
-    let orders = item_orders(lc, r.id, it.id).await?;
-    let by_id: HashMap<&str, &order::Model> = orders.iter().map(|o| (o.id.as_str(), o)).collect();
-    let in_flight = match mode {
-        RestoreMode::Missing => 0,
-        RestoreMode::Overwrite => in_flight_of(&lc.sale.item_attempts(r.id, it.id).await?, &by_id),
+) -> Result<Option<Restored>, StoreError> {
+    let Some(token) = lc.sale.lock_item(r.id, it.id).await? else {
+        return Ok(None);
     };
-    let t = totals(&orders);
-    let mut counters = expected(it.stock, &t, in_flight);
-    if counters.available < 0 {
-        tracing::error!(
+    let result = restore_locked(lc, r, it, mode, &token).await;
+    if result.is_err() {
+        // restore.lua releases the lock when it runs; a failure before it
+        // must not leave the item held until the lock expires.
+        let _ = lc.sale.unlock_item(r.id, it.id, &token).await;
+    }
+    let restored = result?;
+    if restored.written {
+        lc.sale.preheat(&preheat_of(r, it)).await?;
+        metrics::counter!("seckill_redis_rebuilds_total").increment(1);
+        if restored.over > 0 {
+            tracing::error!(
+                round_id = r.id,
+                item_id = it.id,
+                over = restored.over,
+                "the database holds more units than the stock"
+            );
+        }
+        tracing::warn!(
             round_id = r.id,
             item_id = it.id,
-            over = -counters.available,
-            "the database holds more units than the stock"
+            counters = ?restored.counters,
+            in_flight = restored.in_flight,
+            "item's redis state rebuilt from the database"
         );
-        counters.available = 0;
     }
+    Ok(Some(restored))
+}
+
+async fn restore_locked(
+    lc: &Lifecycle,
+    r: &round::Model,
+    it: &item::Model,
+    mode: RestoreMode,
+    token: &str,
+) -> Result<Restored, StoreError> {
+    let orders = item_orders(lc, r.id, it.id).await?;
+    let t = totals(&orders);
     let restore = Restore {
         round_id: r.id,
         item_id: it.id,
-        counters,
+        total: it.stock,
+        unpaid: t.pending_payment + t.paying,
+        sold: t.paid,
         starts_ms: r.starts_at_ms,
         ends_ms: r.ends_at_ms,
         per_user_limit: it.per_user_limit,
@@ -192,25 +226,13 @@ pub async fn rebuild_item(
             })
             .collect(),
     };
-    let wrote = lc.sale.restore(&restore, mode).await?;
-    if wrote {
-        lc.sale.preheat(&preheat_of(r, it)).await?;
-        metrics::counter!("seckill_redis_rebuilds_total").increment(1);
-        tracing::warn!(
-            round_id = r.id,
-            item_id = it.id,
-            ?counters,
-            orders = orders.len(),
-            "item's redis state rebuilt from the database"
-        );
-    }
-    Ok(wrote)
+    lc.sale.restore(&restore, mode, token).await
 }
 
 /// What [`ensure_item`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ensured {
-    /// The counters exist (rebuilt now, or by someone else meanwhile).
+    /// The counters exist and are verified (rebuilt now, or already).
     Ready,
     /// No such item in an approved round.
     NotOnSale,
@@ -218,9 +240,10 @@ pub enum Ensured {
     Busy,
 }
 
-/// Makes sure an item on sale has counters in Redis, rebuilding them from
-/// the database when Redis lost them. Called by the buy path when the
-/// reserve script finds no counters, and by the sweep.
+/// Makes sure an item of an approved round has counters in Redis that the
+/// running server verified, rebuilding them from the database otherwise.
+/// Called by the buy path when the reserve script finds no counters or
+/// stale ones, by the order writer, and by the sweep.
 pub async fn ensure_item(
     lc: &Lifecycle,
     round_id: i64,
@@ -235,16 +258,12 @@ pub async fn ensure_item(
     let Some(it) = r.items.iter().find(|i| i.id == item_id) else {
         return Ok(Ensured::NotOnSale);
     };
-    if !lc
-        .sale
-        .try_lock(round_id, item_id, "rebuild", 30_000)
-        .await?
-    {
-        return Ok(Ensured::Busy);
-    }
-    let result = rebuild_item(lc, &r.round, it, RestoreMode::Missing).await;
-    lc.sale.unlock(round_id, item_id, "rebuild").await?;
-    result.map(|_| Ensured::Ready)
+    Ok(
+        match rebuild_item(lc, &r.round, it, RestoreMode::Verify).await? {
+            Some(_) => Ensured::Ready,
+            None => Ensured::Busy,
+        },
+    )
 }
 
 /// Compares one item; with `repair`, rebuilds it when anything differs.
@@ -329,12 +348,9 @@ pub async fn reconcile_item(
     }
     let mut repaired = false;
     if repair && !diffs.is_empty() {
-        if lc.sale.try_lock(r.id, it.id, "rebuild", 30_000).await? {
-            let res = rebuild_item(lc, r, it, RestoreMode::Overwrite).await;
-            lc.sale.unlock(r.id, it.id, "rebuild").await?;
-            repaired = res?;
-        } else {
-            diffs.push("not repaired: another rebuild of this item is running".into());
+        match rebuild_item(lc, r, it, RestoreMode::Overwrite).await? {
+            Some(done) => repaired = done.written,
+            None => diffs.push("not repaired: another rebuild of this item is running".into()),
         }
     }
     Ok(ItemReport {

@@ -4,9 +4,16 @@
 //! 2. re-applies settlements a crash left without their counters effect;
 //! 3. settles payments whose outcome was never learnt, by asking the
 //!    provider (after twice the payment timeout);
-//! 4. watches Redis for lost data: an item on sale without counters is
-//!    rebuilt from the database, and after a Redis restart (its run id
-//!    changed) every item on sale is reconciled and repaired.
+//! 4. watches Redis for lost data: an item on sale (or whose round ended
+//!    recently) whose counters are missing, or were not verified by the
+//!    running Redis server (it restarted), is rebuilt from the database —
+//!    the buy path does the same at once for the items it sells, this
+//!    catches the others;
+//! 5. resolves attempts left `queued` past the publisher's confirm timeout
+//!    plus `lifecycle.queued_grace_ms` (a reply lost, a process killed
+//!    between reserve and confirm): their order message is published again,
+//!    so the order writer decides them; a duplicate of a message that did
+//!    arrive is absorbed by the writer's claim and the unique keys.
 //!
 //! Every step is idempotent, so several nodes may sweep at once.
 
@@ -16,10 +23,14 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio_util::sync::CancellationToken;
 
 use super::{Lifecycle, rebuild};
-use crate::store::{
-    StoreError,
-    entities::order::{self, status},
-    rounds,
+use crate::{
+    domain::AttemptId,
+    queue::{OrderMessage, Publisher},
+    store::{
+        StoreError,
+        entities::order::{self, status},
+        rounds,
+    },
 };
 
 /// What one pass did.
@@ -29,14 +40,14 @@ pub struct SweepReport {
     pub reapplied: usize,
     pub payments_resolved: usize,
     pub items_rebuilt: usize,
+    pub queued_republished: usize,
 }
 
 /// Runs passes every `lifecycle.sweep_interval_ms` until `shutdown`.
-pub async fn run(lc: Arc<Lifecycle>, shutdown: CancellationToken) {
+pub async fn run(lc: Arc<Lifecycle>, publisher: Arc<Publisher>, shutdown: CancellationToken) {
     let every = Duration::from_millis(lc.config.lifecycle.sweep_interval_ms);
-    let mut run_id: Option<String> = None;
     loop {
-        match pass(&lc, &mut run_id).await {
+        match pass(&lc, &publisher).await {
             Ok(r) if r != SweepReport::default() => tracing::info!(?r, "sweep"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep pass failed"),
@@ -48,8 +59,8 @@ pub async fn run(lc: Arc<Lifecycle>, shutdown: CancellationToken) {
     }
 }
 
-/// One pass. `run_id` carries the Redis server's run id between passes.
-pub async fn pass(lc: &Lifecycle, run_id: &mut Option<String>) -> Result<SweepReport, StoreError> {
+/// One pass.
+pub async fn pass(lc: &Lifecycle, publisher: &Publisher) -> Result<SweepReport, StoreError> {
     let mut report = SweepReport::default();
     let now = lc.clock.now_ms();
     let batch = lc.config.lifecycle.sweep_batch;
@@ -93,35 +104,83 @@ pub async fn pass(lc: &Lifecycle, run_id: &mut Option<String>) -> Result<SweepRe
         report.payments_resolved += 1;
     }
 
-    report.items_rebuilt = watch_redis(lc, run_id).await?;
+    let (rebuilt, republished) = watch_redis(lc, publisher).await?;
+    report.items_rebuilt = rebuilt;
+    report.queued_republished = republished;
     if report.expired > 0 {
         metrics::counter!("seckill_sweep_expired_total").increment(report.expired as u64);
     }
     Ok(report)
 }
 
-/// Rebuilds items on sale whose counters Redis lost; after a restart of
-/// the Redis server, reconciles and repairs every item on sale.
-async fn watch_redis(lc: &Lifecycle, last: &mut Option<String>) -> Result<usize, StoreError> {
-    let current = lc.sale.server_run_id().await?;
-    let restarted = last.as_ref().is_some_and(|l| *l != current);
-    *last = Some(current);
-    let mut rebuilt = 0;
-    for r in rounds::visible(&lc.db, lc.clock.now_ms()).await? {
+/// Rebuilds the items whose counters the running Redis server did not
+/// verify, and republishes their attempts stuck in `queued`. Returns the
+/// items rebuilt and the attempts republished.
+async fn watch_redis(lc: &Lifecycle, publisher: &Publisher) -> Result<(usize, usize), StoreError> {
+    let now = lc.clock.now_ms();
+    // Orders are still written up to the backlog threshold after a round
+    // ends, and expire up to the payment timeout after that.
+    let recent =
+        now - lc.config.payment_timeout_ms() - lc.config.lifecycle.backlog_threshold_ms as i64;
+    let stuck_before = now
+        - lc.config.rabbitmq.confirm_timeout_ms as i64
+        - lc.config.lifecycle.queued_grace_ms as i64;
+    let (mut rebuilt, mut republished) = (0, 0);
+    for r in rounds::visible(&lc.db, recent).await? {
         for it in &r.items {
-            if restarted {
-                let rep = rebuild::reconcile_item(lc, &r.round, it, true).await?;
-                if rep.repaired {
-                    tracing::warn!(round_id = r.round.id, item_id = it.id, differences = ?rep.differences,
-                        "redis restarted with different data; item repaired from the database");
-                    rebuilt += 1;
-                }
-            } else if lc.sale.counters(r.round.id, it.id).await?.is_none()
+            if !lc.sale.verified(r.round.id, it.id).await?
                 && rebuild::ensure_item(lc, r.round.id, it.id).await? == rebuild::Ensured::Ready
             {
                 rebuilt += 1;
             }
+            for raw in lc
+                .sale
+                .in_flight_since(r.round.id, it.id, stuck_before)
+                .await?
+            {
+                if republish(lc, publisher, &raw).await? {
+                    republished += 1;
+                }
+            }
         }
     }
-    Ok(rebuilt)
+    Ok((rebuilt, republished))
+}
+
+/// Publishes the order message of an attempt still `queued` again.
+async fn republish(lc: &Lifecycle, publisher: &Publisher, raw: &str) -> Result<bool, StoreError> {
+    let Ok(id) = raw.parse::<AttemptId>() else {
+        return Ok(false);
+    };
+    let Some(a) = lc.sale.attempt(&id).await? else {
+        return Ok(false);
+    };
+    if a.status != "queued" {
+        return Ok(false);
+    }
+    let msg = OrderMessage {
+        attempt_id: raw.to_owned(),
+        round_id: id.round_id,
+        item_id: id.item_id,
+        user_id: a.user.clone(),
+        qty: a.qty,
+        unit_price_cents: a.price_cents,
+        reserved_at_ms: a.created_ms,
+    };
+    match publisher.publish(&msg).await {
+        Ok(()) => {
+            lc.sale.touch_in_flight(&id, lc.clock.now_ms()).await?;
+            metrics::counter!("seckill_sweep_republished_total").increment(1);
+            tracing::warn!(
+                attempt_id = raw,
+                age_ms = lc.clock.now_ms() - a.created_ms,
+                "attempt still queued past the confirm timeout; order message published again"
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(attempt_id = raw, error = %e, "cannot republish a stuck attempt; next pass");
+            Ok(false)
+        }
+    }
 }

@@ -13,8 +13,10 @@
 //! - The orders are inserted in one transaction with `ON CONFLICT DO
 //!   NOTHING` (a redelivered message finds its order already there), after
 //!   a stock guard: the database never holds more live units of an item
-//!   than its stock, whatever Redis said. An order refused by the guard or
-//!   by the one-order-per-buyer key is released.
+//!   than its stock, whatever Redis said. An order refused by the
+//!   one-order-per-buyer key is released; one refused by the guard is
+//!   cancelled without making its units available (Redis's counters were
+//!   wrong), and the item is rebuilt from the database.
 //! - The attempts are marked `ordered`, an expiry message is scheduled per
 //!   order, and only then are the messages acked.
 //!
@@ -23,7 +25,9 @@
 //! goes to a retry queue with a growing delay; after `writer.max_attempts`
 //! writes it is dead-lettered: its units are released, its attempt is
 //! cancelled with reason `dead_letter`, and the message is kept in the
-//! dead-letter queue for an operator to replay or discard. A message that
+//! dead-letter queue for an operator to replay or discard — unless the
+//! database shows its order was committed after all (the commit landed,
+//! marking it failed): that order is finished instead, never released. A message that
 //! is not an order message is rejected straight to the dead-letter queue.
 
 use std::{
@@ -345,7 +349,41 @@ impl OrderWriter {
             metrics::counter!("seckill_writer_retries_total").increment(1);
             return self.send(&tier, p, out, now).await;
         }
-        // Give up: units back, buyer told, message kept for an operator.
+        // Give up: units back, buyer told, message kept for an operator —
+        // unless the order was committed after all (a commit whose marking
+        // failed): then it is finished, not dead.
+        match orders::find(&self.lc.db, &p.msg.attempt_id).await {
+            Ok(Some(o)) => {
+                let id = &p.id;
+                return match self.lc.sale.mark_ordered(id, &o.id, o.pay_by_ms, now).await {
+                    Ok(_) => {
+                        tracing::info!(attempt_id = %p.msg.attempt_id, "order was written before its failure; finished");
+                        if o.pay_by_ms > now {
+                            expiry::schedule(
+                                &self.publisher,
+                                &[ExpiryMessage {
+                                    order_id: o.id.clone(),
+                                    pay_by_ms: o.pay_by_ms,
+                                }],
+                            )
+                            .await;
+                        }
+                        Ok(())
+                    }
+                    Err(_) => {
+                        let tier = self.topology.retry_for(failures);
+                        self.send(&tier, p, out, now).await
+                    }
+                };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(attempt_id = %p.msg.attempt_id, error = %e,
+                    "cannot tell whether a failing order was written; keeping it in the last retry tier");
+                let tier = self.topology.retry_for(failures);
+                return self.send(&tier, p, out, now).await;
+            }
+        }
         match self.lc.sale.release(&p.id, "dead_letter", now, true).await {
             Ok(r) if r == "ordered" || r == "paid" => {
                 // Its order was written after all.
@@ -482,9 +520,15 @@ impl OrderWriter {
                     }))
                 }
                 (None, Some(Fate::OverStock)) => {
-                    tracing::error!(attempt_id = %aid, "order refused: the item's stock is all ordered; releasing");
+                    // Redis reserved a unit the database says is taken: its
+                    // counters are wrong. Never hand that unit out again;
+                    // rebuild the item from the database instead.
+                    tracing::error!(attempt_id = %aid, "order refused: the item's stock is all ordered; rebuilding the item");
                     metrics::counter!("seckill_orders_refused_total", "reason" => "stock").increment(1);
-                    self.lc.sale.release(&id, "sold_out", now, true).await?;
+                    self.lc.sale.release_distrusted(&id, "sold_out", now).await?;
+                    if let Err(e) = rebuild::ensure_item(&self.lc, id.round_id, id.item_id).await {
+                        tracing::warn!(error = %e, "item not rebuilt now; its next reservation rebuilds it");
+                    }
                     Ok(None)
                 }
                 (None, _) => {

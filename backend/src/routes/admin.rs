@@ -150,7 +150,14 @@ pub async fn preheat(
 /// Preheats every item and renders its page, then drops the rounds cache.
 async fn open_sale(st: &AppState, r: &RoundWithItems) -> Result<(), ApiError> {
     for it in &r.items {
-        rebuild::rebuild_item(&st.lifecycle, &r.round, it, RestoreMode::Missing).await?;
+        if rebuild::rebuild_item(&st.lifecycle, &r.round, it, RestoreMode::Verify)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::Unavailable(
+                "an item of this round is being rebuilt; try again in a moment".into(),
+            ));
+        }
         st.sale.preheat(&rebuild::preheat_of(&r.round, it)).await?;
         st.pages.render_item(&r.round, it).await.map_err(|e| {
             tracing::error!(error = %e, "cannot render a sale page");

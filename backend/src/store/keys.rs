@@ -7,6 +7,9 @@
 //! - `<prefix>:{r1:i2}:buyers` — hash: user id → attempt id
 //! - `<prefix>:{r1:i2}:attempt:<attempt id>` — hash: user, qty, status,
 //!   created_ms, idem, price_cents, order_id, pay_by_ms, paid_ms, reason
+//! - `<prefix>:{r1:i2}:inflight` — sorted set: attempt id → ms it started
+//!   holding units, for attempts on their way (`queued`, `writing`) whose
+//!   order is not written yet
 //! - `<prefix>:{r1:i2}:lock:<name>` — a short exclusive lock (rebuilds)
 
 /// Builds the keys of one item.
@@ -34,6 +37,15 @@ impl ItemKeys {
         format!("{}:buyers", self.base)
     }
 
+    pub fn inflight(&self) -> String {
+        format!("{}:inflight", self.base)
+    }
+
+    /// The lock a rebuild holds on the item.
+    pub fn rebuild_lock(&self) -> String {
+        self.lock("rebuild")
+    }
+
     /// The prefix an attempt id is appended to.
     pub fn attempt_prefix(&self) -> String {
         format!("{}:attempt:", self.base)
@@ -58,7 +70,14 @@ mod tests {
         let k = ItemKeys::new("sk", 42, 7);
         assert_eq!(k.stock(), "sk:{r42:i7}:stock");
         assert_eq!(k.attempt("42-7-X"), "sk:{r42:i7}:attempt:42-7-X");
-        for key in [k.stock(), k.info(), k.buyers(), k.attempt("a")] {
+        for key in [
+            k.stock(),
+            k.info(),
+            k.buyers(),
+            k.inflight(),
+            k.rebuild_lock(),
+            k.attempt("a"),
+        ] {
             assert!(key.contains("{r42:i7}"));
         }
     }

@@ -22,4 +22,7 @@ pub enum StoreError {
     Db(#[from] sea_orm::DbErr),
     #[error("unexpected reply from a redis script: {0}")]
     Protocol(String),
+    /// A rebuild held the item for longer than a caller waits.
+    #[error("the item's redis state is being rebuilt")]
+    Held,
 }

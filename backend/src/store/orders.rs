@@ -1,8 +1,11 @@
 //! Writing orders: multi-row inserts that skip any row conflicting with an
 //! existing order (same attempt, or the same buyer for the same item), so a
-//! redelivered message never creates a second order.
+//! redelivered message never creates a second order; and looking one up by
+//! its attempt.
 
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait, sea_query::OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, sea_query::OnConflict,
+};
 
 use super::entities::order;
 
@@ -28,4 +31,15 @@ pub async fn insert_ignoring_conflicts<C: ConnectionTrait>(
             .await?;
     }
     Ok(())
+}
+
+/// The order of an attempt, if one was written.
+pub async fn find<C: ConnectionTrait>(
+    db: &C,
+    attempt_id: &str,
+) -> Result<Option<order::Model>, DbErr> {
+    order::Entity::find()
+        .filter(order::Column::AttemptId.eq(attempt_id))
+        .one(db)
+        .await
 }

@@ -2,8 +2,15 @@
 //! and the reads behind status polling and the counters endpoint.
 //!
 //! Every write is one of the Lua scripts in `lua/redis/`, embedded at build
-//! time, run with EVALSHA (`redis::Script` reloads a script and retries when
-//! the server answers NOSCRIPT, e.g. after a restart or failover).
+//! time (those that need `guard.lua`'s helpers with it prepended), run with
+//! EVALSHA (`redis::Script` reloads a script and retries when the server
+//! answers NOSCRIPT, e.g. after a restart or failover).
+//!
+//! Two guards keep Redis honest after it lost data (`guard.lua`): counters
+//! carry the run id of the server that verified them, and the scripts that
+//! take units refuse counters another server process verified (the item is
+//! rebuilt from the database first); a rebuild holds the item's lock, and
+//! the scripts that follow a database decision wait for it here.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -16,15 +23,37 @@ use serde::Serialize;
 use super::{StoreError, keys::ItemKeys};
 use crate::domain::AttemptId;
 
-const RESERVE: &str = include_str!("../../../lua/redis/reserve.lua");
+/// A script with `guard.lua`'s helpers prepended.
+macro_rules! guarded {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../../lua/redis/guard.lua"),
+            include_str!(concat!("../../../lua/redis/", $file))
+        )
+    };
+}
+
+const RESERVE: &str = guarded!("reserve.lua");
 const RELEASE: &str = include_str!("../../../lua/redis/release.lua");
 const CLAIM: &str = include_str!("../../../lua/redis/claim.lua");
-const MARK_ORDERED: &str = include_str!("../../../lua/redis/mark_ordered.lua");
-const PREHEAT: &str = include_str!("../../../lua/redis/preheat.lua");
-const SETTLE: &str = include_str!("../../../lua/redis/settle.lua");
-const ADOPT: &str = include_str!("../../../lua/redis/adopt.lua");
-const REVIVE: &str = include_str!("../../../lua/redis/revive.lua");
-const RESTORE: &str = include_str!("../../../lua/redis/restore.lua");
+const MARK_ORDERED: &str = guarded!("mark_ordered.lua");
+const PREHEAT: &str = guarded!("preheat.lua");
+const SETTLE: &str = guarded!("settle.lua");
+const ADOPT: &str = guarded!("adopt.lua");
+const REVIVE: &str = guarded!("revive.lua");
+const RESTORE: &str = guarded!("restore.lua");
+/// Deletes a lock only if it still holds the caller's token.
+const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) end return 0";
+
+/// How long a script that follows a database decision waits for a rebuild
+/// holding its item (a rebuild takes milliseconds; its lock expires after
+/// [`REBUILD_LOCK_MS`] if its holder died).
+const HOLD_WAIT: Duration = Duration::from_millis(12_000);
+const HOLD_STEP: Duration = Duration::from_millis(20);
+
+/// Lifetime of an item's rebuild lock.
+pub const REBUILD_LOCK_MS: u64 = 10_000;
 
 struct Scripts {
     reserve: Script,
@@ -36,6 +65,7 @@ struct Scripts {
     adopt: Script,
     revive: Script,
     restore: Script,
+    unlock: Script,
 }
 
 /// Handle on the sale state of every item under one key prefix.
@@ -70,6 +100,9 @@ pub enum ReserveOutcome {
     Insufficient {
         available: i64,
     },
+    /// The counters were not verified by the running Redis server (it
+    /// restarted, or the database refused an order): rebuild first.
+    Stale,
 }
 
 /// An item's counters; `available + reserved + sold == total` always.
@@ -128,18 +161,22 @@ impl Settlement {
 /// How `restore` treats counters that exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestoreMode {
-    /// Write only when the item has no counters (Redis lost them).
-    Missing,
+    /// Write only when the item has no counters, or counters the running
+    /// server did not verify (Redis lost or rolled back its data).
+    Verify,
     /// Replace them (a repair).
     Overwrite,
 }
 
-/// An item's state as rebuilt from the database.
+/// An item's state as the database has it, for `restore`.
 #[derive(Clone, Debug)]
 pub struct Restore {
     pub round_id: i64,
     pub item_id: i64,
-    pub counters: Counters,
+    pub total: i64,
+    /// Units of orders awaiting payment (`pending_payment`, `paying`).
+    pub unpaid: i64,
+    pub sold: i64,
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub per_user_limit: i64,
@@ -159,6 +196,19 @@ pub struct RestoredAttempt {
     pub created_ms: i64,
     pub reason: Option<String>,
     pub price_cents: i64,
+}
+
+/// What `restore` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// Whether it wrote (`Verify` writes nothing when the counters were
+    /// verified by the running server).
+    pub written: bool,
+    pub counters: Counters,
+    /// Units of attempts on their way, counted as reserved.
+    pub in_flight: i64,
+    /// Units the database holds beyond the stock (should be 0).
+    pub over: i64,
 }
 
 /// The fields `adopt` and `revive` recreate an attempt from (the order
@@ -196,6 +246,7 @@ impl SaleStore {
                 adopt: Script::new(ADOPT),
                 revive: Script::new(REVIVE),
                 restore: Script::new(RESTORE),
+                unlock: Script::new(UNLOCK),
             }),
         };
         store.load_scripts().await?;
@@ -216,6 +267,7 @@ impl SaleStore {
             &s.adopt,
             &s.revive,
             &s.restore,
+            &s.unlock,
         ] {
             script.prepare_invoke().load_async(&mut c).await?;
         }
@@ -264,6 +316,7 @@ impl SaleStore {
             .key(k.stock())
             .key(k.buyers())
             .key(k.attempt(&attempt_id))
+            .key(k.inflight())
             .arg(user)
             .arg(qty)
             .arg(now_ms)
@@ -284,20 +337,64 @@ impl SaleStore {
         now_ms: i64,
         allow_writing: bool,
     ) -> Result<String, StoreError> {
+        self.run_release(id, reason, now_ms, allow_writing, false)
+            .await
+    }
+
+    /// Cancels an attempt the database refused for lack of stock without
+    /// making its units available: the counters said there was stock the
+    /// database does not have, so the item is marked unverified and is
+    /// rebuilt from the database before it sells again.
+    pub async fn release_distrusted(
+        &self,
+        id: &AttemptId,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        self.run_release(id, reason, now_ms, true, true).await
+    }
+
+    async fn run_release(
+        &self,
+        id: &AttemptId,
+        reason: &str,
+        now_ms: i64,
+        allow_writing: bool,
+        distrust: bool,
+    ) -> Result<String, StoreError> {
         let k = self.keys(id.round_id, id.item_id);
         let attempt_id = id.to_string();
+        let flag = |b: bool| if b { "1" } else { "0" };
         Ok(self
             .scripts
             .release
             .key(k.stock())
             .key(k.buyers())
             .key(k.attempt(&attempt_id))
+            .key(k.inflight())
             .arg(&attempt_id)
             .arg(reason)
             .arg(now_ms)
-            .arg(if allow_writing { "1" } else { "0" })
+            .arg(flag(allow_writing))
+            .arg(flag(distrust))
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// Runs `inv` again while the script answers `held` (a rebuild holds
+    /// the item), up to [`HOLD_WAIT`].
+    async fn unheld(&self, inv: redis::ScriptInvocation<'_>) -> Result<String, StoreError> {
+        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        loop {
+            let r: String = inv.invoke_async(&mut self.conn.clone()).await?;
+            if r != "held" {
+                return Ok(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Held);
+            }
+            tokio::time::sleep(HOLD_STEP).await;
+        }
     }
 
     /// The order writer's claim on an attempt (see `claim.lua`).
@@ -321,15 +418,13 @@ impl SaleStore {
         now_ms: i64,
     ) -> Result<String, StoreError> {
         let k = self.keys(id.round_id, id.item_id);
-        Ok(self
-            .scripts
-            .mark_ordered
-            .key(k.attempt(&id.to_string()))
+        let mut inv = self.scripts.mark_ordered.key(k.attempt(&id.to_string()));
+        inv.key(k.inflight())
+            .key(k.rebuild_lock())
             .arg(order_id)
             .arg(pay_by_ms)
-            .arg(now_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+            .arg(now_ms);
+        self.unheld(inv).await
     }
 
     /// Applies a settlement the database decided (see `settle.lua`).
@@ -342,16 +437,14 @@ impl SaleStore {
     ) -> Result<String, StoreError> {
         let k = self.keys(id.round_id, id.item_id);
         let attempt_id = id.to_string();
-        Ok(self
-            .scripts
-            .settle
-            .key(k.stock())
-            .key(k.attempt(&attempt_id))
+        let mut inv = self.scripts.settle.key(k.stock());
+        inv.key(k.attempt(&attempt_id))
+            .key(k.inflight())
+            .key(k.rebuild_lock())
             .arg(outcome.as_str())
             .arg(&attempt_id)
-            .arg(now_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+            .arg(now_ms);
+        self.unheld(inv).await
     }
 
     /// Re-reserves an attempt Redis lost (see `adopt.lua`).
@@ -374,7 +467,9 @@ impl SaleStore {
         let k = self.keys(seed.id.round_id, seed.id.item_id);
         let attempt_id = seed.id.to_string();
         let mut inv = script.key(k.stock());
-        inv.key(k.buyers()).key(k.attempt(&attempt_id));
+        inv.key(k.buyers())
+            .key(k.attempt(&attempt_id))
+            .key(k.inflight());
         if user_first {
             inv.arg(seed.user).arg(seed.qty).arg(&attempt_id);
         } else {
@@ -385,22 +480,30 @@ impl SaleStore {
     }
 
     /// Writes an item's counters, buyers and attempts from the database
-    /// (see `restore.lua`); returns whether it wrote the counters.
-    pub async fn restore(&self, r: &Restore, mode: RestoreMode) -> Result<bool, StoreError> {
+    /// (see `restore.lua`), counting the units of attempts still on their
+    /// way in the same atomic step. The caller holds the item's rebuild
+    /// lock with `token`; the script releases it.
+    pub async fn restore(
+        &self,
+        r: &Restore,
+        mode: RestoreMode,
+        token: &str,
+    ) -> Result<Restored, StoreError> {
         let k = self.keys(r.round_id, r.item_id);
         let mut inv = self.scripts.restore.key(k.stock());
-        inv.key(k.buyers());
+        inv.key(k.buyers()).key(k.inflight()).key(k.rebuild_lock());
         for a in &r.attempts {
             inv.key(k.attempt(&a.attempt_id));
         }
         inv.arg(match mode {
-            RestoreMode::Missing => "missing",
+            RestoreMode::Verify => "verify",
             RestoreMode::Overwrite => "overwrite",
         })
-        .arg(r.counters.total)
-        .arg(r.counters.available)
-        .arg(r.counters.reserved)
-        .arg(r.counters.sold)
+        .arg(token)
+        .arg(k.attempt_prefix())
+        .arg(r.total)
+        .arg(r.unpaid)
+        .arg(r.sold)
         .arg(r.starts_ms)
         .arg(r.ends_ms)
         .arg(r.per_user_limit)
@@ -416,8 +519,62 @@ impl SaleStore {
                 .arg(a.reason.as_deref().unwrap_or(""))
                 .arg(a.price_cents);
         }
-        let wrote: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok(wrote == 1)
+        let v: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+        let [written, available, reserved, sold, in_flight, over] = v[..] else {
+            return Err(StoreError::Protocol(format!("restore: {v:?}")));
+        };
+        Ok(Restored {
+            written: written == 1,
+            counters: Counters {
+                total: r.total,
+                available,
+                reserved,
+                sold,
+            },
+            in_flight,
+            over,
+        })
+    }
+
+    /// Attempts that entered the in-flight set (reserved without an order
+    /// yet) at or before `cutoff_ms`.
+    pub async fn in_flight_since(
+        &self,
+        round_id: i64,
+        item_id: i64,
+        cutoff_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let k = self.keys(round_id, item_id);
+        Ok(self
+            .conn
+            .clone()
+            .zrangebyscore_limit(k.inflight(), "-inf", cutoff_ms, 0, 1000)
+            .await?)
+    }
+
+    /// Moves an attempt's in-flight time to `now_ms` (only if it is in the
+    /// set), so the sweep does not republish it again at once.
+    pub async fn touch_in_flight(&self, id: &AttemptId, now_ms: i64) -> Result<(), StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let _: i64 = redis::cmd("ZADD")
+            .arg(k.inflight())
+            .arg("XX")
+            .arg(now_ms)
+            .arg(id.to_string())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the item's counters exist and were verified by the running
+    /// server (see `guard.lua`).
+    pub async fn verified(&self, round_id: i64, item_id: i64) -> Result<bool, StoreError> {
+        let k = self.keys(round_id, item_id);
+        let v: Option<String> = self.conn.clone().hget(k.stock(), "verified").await?;
+        Ok(match v {
+            Some(v) => v == self.server_run_id().await?,
+            None => false,
+        })
     }
 
     /// Every attempt Redis holds for an item (SCAN; for reconciliation,
@@ -474,31 +631,48 @@ impl SaleStore {
             .ok_or_else(|| StoreError::Protocol("INFO server without run_id".into()))
     }
 
-    /// Takes a short exclusive lock (SET NX PX) named `name` under the
-    /// item's hash tag; returns whether this caller holds it.
-    pub async fn try_lock(
+    /// Takes the item's rebuild lock (SET NX PX); returns the token that
+    /// proves this caller holds it, `None` when someone else does.
+    pub async fn lock_item(
         &self,
         round_id: i64,
         item_id: i64,
-        name: &str,
-        ttl_ms: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let k = self.keys(round_id, item_id);
+        let token = ulid::Ulid::new().to_string();
         let ok: Option<String> = redis::cmd("SET")
-            .arg(k.lock(name))
-            .arg("1")
+            .arg(k.rebuild_lock())
+            .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms)
+            .arg(REBUILD_LOCK_MS)
             .query_async(&mut self.conn.clone())
             .await?;
-        Ok(ok.is_some())
+        Ok(ok.map(|_| token))
     }
 
-    pub async fn unlock(&self, round_id: i64, item_id: i64, name: &str) -> Result<(), StoreError> {
+    /// Releases the item's rebuild lock if `token` still holds it.
+    pub async fn unlock_item(
+        &self,
+        round_id: i64,
+        item_id: i64,
+        token: &str,
+    ) -> Result<(), StoreError> {
         let k = self.keys(round_id, item_id);
-        let _: i64 = self.conn.clone().del(k.lock(name)).await?;
+        let _: i64 = self
+            .scripts
+            .unlock
+            .key(k.rebuild_lock())
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(())
+    }
+
+    /// Whether a rebuild holds the item.
+    pub async fn item_locked(&self, round_id: i64, item_id: i64) -> Result<bool, StoreError> {
+        let k = self.keys(round_id, item_id);
+        Ok(self.conn.clone().exists(k.rebuild_lock()).await?)
     }
 
     /// An item's counters, `None` if it was never preheated.
@@ -584,6 +758,7 @@ fn parse_reserve(reply: &[String]) -> Result<ReserveOutcome, StoreError> {
         Some("ended") => ReserveOutcome::Ended,
         Some("sold_out") => ReserveOutcome::SoldOut,
         Some("insufficient") => ReserveOutcome::Insufficient { available: num(1)? },
+        Some("stale") => ReserveOutcome::Stale,
         _ => return Err(bad()),
     })
 }

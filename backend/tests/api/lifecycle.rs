@@ -239,10 +239,14 @@ async fn orders_that_cannot_be_written_are_dead_lettered_released_and_replayed_o
     })
     .await;
     let (round, items) = app.open_round(json!([item(5, 1)]), -1_000, 3_600_000).await;
-    // The orders table is gone for longer than the retry tiers last.
+    // Every insert fails for longer than the retry tiers last, while the
+    // database still answers (so the writer can see no order was written).
     app.state
         .db
-        .execute_unprepared("ALTER TABLE orders RENAME TO orders_away")
+        .execute_unprepared(
+            "CREATE TRIGGER refuse_orders BEFORE INSERT ON orders \
+             BEGIN SELECT RAISE(ABORT, 'orders refused'); END",
+        )
         .await
         .unwrap();
     let bought = buy_all(&app, round, items[0], &users("dl", 3)).await;
@@ -283,7 +287,7 @@ async fn orders_that_cannot_be_written_are_dead_lettered_released_and_replayed_o
     // The database returns; the replay writes each order once.
     app.state
         .db
-        .execute_unprepared("ALTER TABLE orders_away RENAME TO orders")
+        .execute_unprepared("DROP TRIGGER refuse_orders")
         .await
         .unwrap();
     let r = app
