@@ -72,6 +72,39 @@ pub fn parse_id(s: &str) -> Option<i64> {
     s.parse().ok().filter(|v: &i64| *v > 0)
 }
 
+/// The statuses of an attempt as stored in Redis — what the scripts in
+/// `lua/redis/` write and return; the one definition on the Rust side.
+/// `writing` is the order writer's internal step, which a buyer sees as
+/// `queued`.
+pub mod stored {
+    pub const QUEUED: &str = "queued";
+    pub const WRITING: &str = "writing";
+    pub const ORDERED: &str = "ordered";
+    pub const PAID: &str = "paid";
+    pub const CANCELLED: &str = "cancelled";
+
+    /// Holds units and has no written order yet.
+    pub fn in_flight(status: &str) -> bool {
+        status == QUEUED || status == WRITING
+    }
+}
+
+/// Why an attempt was cancelled (its `reason`).
+pub mod reason {
+    /// Its order was not paid in time.
+    pub const EXPIRED: &str = "expired";
+    /// Its order could not be written; kept for replay.
+    pub const DEAD_LETTER: &str = "dead_letter";
+    /// Its message was older than the backlog threshold.
+    pub const BACKLOG: &str = "backlog";
+    /// The stock ran out first.
+    pub const SOLD_OUT: &str = "sold_out";
+    /// The buyer already holds another order for the item.
+    pub const DUPLICATE_ORDER: &str = "duplicate_order";
+    /// The order queue did not confirm it; nothing was reserved.
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
 /// Where an attempt is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,20 +124,20 @@ impl AttemptStatus {
     /// `writing` step) to what a buyer sees.
     pub fn from_redis(s: &str) -> Option<Self> {
         match s {
-            "queued" | "writing" => Some(Self::Queued),
-            "ordered" => Some(Self::Ordered),
-            "paid" => Some(Self::Paid),
-            "cancelled" => Some(Self::Cancelled),
+            stored::QUEUED | stored::WRITING => Some(Self::Queued),
+            stored::ORDERED => Some(Self::Ordered),
+            stored::PAID => Some(Self::Paid),
+            stored::CANCELLED => Some(Self::Cancelled),
             _ => None,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Queued => "queued",
-            Self::Ordered => "ordered",
-            Self::Paid => "paid",
-            Self::Cancelled => "cancelled",
+            Self::Queued => stored::QUEUED,
+            Self::Ordered => stored::ORDERED,
+            Self::Paid => stored::PAID,
+            Self::Cancelled => stored::CANCELLED,
         }
     }
 }

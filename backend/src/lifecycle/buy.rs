@@ -27,7 +27,7 @@ use super::{
     rebuild::{self, Ensured},
 };
 use crate::{
-    domain::{AttemptId, AttemptStatus},
+    domain::{AttemptId, AttemptStatus, attempt::reason},
     queue::{OrderMessage, Publisher},
     store::{StoreError, sale::ReserveOutcome},
 };
@@ -151,7 +151,7 @@ async fn run(lc: &Arc<Lifecycle>, publisher: &Publisher, req: &Buy) -> Result<Bo
     tracing::warn!(error = %e, "order message not confirmed; releasing the reservation");
     match lc
         .sale
-        .release(&id, "unavailable", lc.clock.now_ms(), false)
+        .release(&id, reason::UNAVAILABLE, lc.clock.now_ms(), false)
         .await
     {
         Ok(r) if r == "released" || r == "missing" => Err(BuyError::QueueUnavailable),
@@ -223,7 +223,7 @@ fn release_later(lc: Arc<Lifecycle>, id: AttemptId) {
         loop {
             match lc
                 .sale
-                .release(&id, "unavailable", lc.clock.now_ms(), false)
+                .release(&id, reason::UNAVAILABLE, lc.clock.now_ms(), false)
                 .await
             {
                 Ok(r) => {

@@ -8,7 +8,6 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
-    Connection, ConnectionProperties,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
 };
@@ -16,7 +15,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::Lifecycle;
-use crate::queue::{Publisher, topology::Topology};
+use crate::queue::{
+    Publisher,
+    broker::{self, BrokerChannel, ConnectError},
+    topology::Topology,
+};
 
 /// Longest an early expiry message is held before it is retried.
 const MAX_EARLY_WAIT: Duration = Duration::from_secs(5);
@@ -82,11 +85,8 @@ async fn consume(
     lc: &Lifecycle,
     topology: &Topology,
     shutdown: &CancellationToken,
-) -> Result<(), lapin::Error> {
-    let conn =
-        Connection::connect(&lc.config.rabbitmq.url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
+) -> Result<(), ConnectError> {
+    let BrokerChannel { conn, channel } = broker::open(&lc.config.rabbitmq, topology).await?;
     channel.basic_qos(64, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
@@ -111,7 +111,8 @@ async fn consume(
                 return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
                     lapin::ChannelState::Closed,
                     "expiry consumer cancelled",
-                )));
+                ))
+                .into());
             }
         };
         let Ok(msg) = serde_json::from_slice::<ExpiryMessage>(&delivery.data) else {

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::Lifecycle;
 use crate::{
-    domain::RoundStatus,
+    domain::{RoundStatus, attempt::stored},
     store::{
         StoreError,
         entities::{
@@ -119,9 +119,9 @@ fn expected(stock: i64, t: &DbTotals, in_flight: i64) -> Counters {
 /// The attempt status an order implies.
 fn attempt_status_of(o: &order::Model) -> &'static str {
     match o.status.as_str() {
-        status::PAID => "paid",
-        status::CANCELLED => "cancelled",
-        _ => "ordered",
+        status::PAID => stored::PAID,
+        status::CANCELLED => stored::CANCELLED,
+        _ => stored::ORDERED,
     }
 }
 
@@ -144,9 +144,7 @@ fn in_flight_of(
 ) -> i64 {
     attempts
         .iter()
-        .filter(|(id, a)| {
-            (a.status == "queued" || a.status == "writing") && !orders.contains_key(id.as_str())
-        })
+        .filter(|(id, a)| stored::in_flight(&a.status) && !orders.contains_key(id.as_str()))
         .map(|(_, a)| a.qty)
         .sum()
 }
@@ -313,7 +311,8 @@ pub async fn reconcile_item(
                 o.id, o.status
             )),
             Some(a) => {
-                let ok = a.status == want || (want == "ordered" && a.status == "writing");
+                let ok =
+                    a.status == want || (want == stored::ORDERED && a.status == stored::WRITING);
                 if !ok {
                     listed.push(format!(
                         "order {} is {} but its attempt is {}",
@@ -330,14 +329,16 @@ pub async fn reconcile_item(
             continue;
         }
         match a.status.as_str() {
-            "ordered" | "paid" => {
+            stored::ORDERED | stored::PAID => {
                 listed.push(format!("attempt {id} is {} but has no order", a.status))
             }
-            "queued" | "writing" if now - a.created_ms > stranded_after => listed.push(format!(
-                "attempt {id} has held {} unit(s) for {} s without an order",
-                a.qty,
-                (now - a.created_ms) / 1000
-            )),
+            s if stored::in_flight(s) && now - a.created_ms > stranded_after => {
+                listed.push(format!(
+                    "attempt {id} has held {} unit(s) for {} s without an order",
+                    a.qty,
+                    (now - a.created_ms) / 1000
+                ))
+            }
             _ => {}
         }
     }

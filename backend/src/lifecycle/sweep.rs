@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Lifecycle, rebuild};
 use crate::{
-    domain::AttemptId,
+    domain::{AttemptId, attempt::stored},
     queue::{OrderMessage, Publisher},
     store::{
         StoreError,
@@ -155,7 +155,7 @@ async fn republish(lc: &Lifecycle, publisher: &Publisher, raw: &str) -> Result<b
     let Some(a) = lc.sale.attempt(&id).await? else {
         return Ok(false);
     };
-    if a.status != "queued" {
+    if a.status != stored::QUEUED {
         return Ok(false);
     }
     let msg = OrderMessage {

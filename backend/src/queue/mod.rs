@@ -2,6 +2,7 @@
 //! (order, retry, dead-letter and expiry queues), the confirmed publisher,
 //! and the order writer that turns messages into orders.
 
+pub mod broker;
 pub mod message;
 pub mod publisher;
 pub mod topology;

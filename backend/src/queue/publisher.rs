@@ -12,13 +12,13 @@
 use std::time::{Duration, Instant};
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
 use tokio::sync::Mutex;
 
-use super::{OrderMessage, topology::Topology};
+use super::{OrderMessage, broker, topology::Topology};
 use crate::config::RabbitConfig;
 
 /// Why a message was not confirmed.
@@ -105,29 +105,18 @@ impl Publisher {
     }
 
     async fn connect(&self) -> Result<Live, PublishError> {
-        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
-        let fut = async {
-            let conn = Connection::connect(&self.cfg.url, ConnectionProperties::default()).await?;
-            let channel = conn.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            self.topology.declare(&channel).await?;
-            Ok::<_, lapin::Error>(Live {
-                _conn: conn,
-                channel,
-            })
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(live)) => {
-                tracing::info!(queue = %self.cfg.queue, "publisher connected");
-                Ok(live)
-            }
-            Ok(Err(e)) => Err(PublishError::Connect(e.to_string())),
-            Err(_) => Err(PublishError::Connect(format!(
-                "timed out after {timeout:?}"
-            ))),
-        }
+        let open = broker::open(&self.cfg, &self.topology)
+            .await
+            .map_err(|e| PublishError::Connect(e.to_string()))?;
+        open.channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| PublishError::Connect(e.to_string()))?;
+        tracing::info!(queue = %self.cfg.queue, "publisher connected");
+        Ok(Live {
+            _conn: open.conn,
+            channel: open.channel,
+        })
     }
 
     async fn invalidate(&self, failed: &Channel) {

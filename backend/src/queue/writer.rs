@@ -38,7 +38,7 @@ use std::{
 
 use futures::{StreamExt, future::BoxFuture};
 use lapin::{
-    Connection, ConnectionProperties, Consumer,
+    Connection, Consumer,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -51,9 +51,16 @@ use sea_orm::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{OrderMessage, Publisher, topology::Topology};
+use super::{
+    OrderMessage, Publisher,
+    broker::{self, BrokerChannel, ConnectError},
+    topology::Topology,
+};
 use crate::{
-    domain::AttemptId,
+    domain::{
+        AttemptId,
+        attempt::{reason, stored},
+    },
     lifecycle::{
         Lifecycle,
         dead_letters::{failures_of, header_int, headers},
@@ -138,11 +145,9 @@ impl OrderWriter {
         }
     }
 
-    async fn connect(&self) -> Result<(Connection, Consumer), lapin::Error> {
-        let rabbit = &self.lc.config.rabbitmq;
-        let conn = Connection::connect(&rabbit.url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        self.topology.declare(&channel).await?;
+    async fn connect(&self) -> Result<(Connection, Consumer), ConnectError> {
+        let BrokerChannel { conn, channel } =
+            broker::open(&self.lc.config.rabbitmq, &self.topology).await?;
         channel
             .basic_qos(self.lc.config.writer.prefetch, BasicQosOptions::default())
             .await?;
@@ -311,7 +316,11 @@ impl OrderWriter {
                 live.push(p);
                 continue;
             }
-            let r = self.lc.sale.release(&p.id, "backlog", now, false).await?;
+            let r = self
+                .lc
+                .sale
+                .release(&p.id, reason::BACKLOG, now, false)
+                .await?;
             match r.as_str() {
                 "released" => {
                     metrics::counter!("seckill_backlog_released_total").increment(1);
@@ -319,7 +328,7 @@ impl OrderWriter {
                         "order message past the backlog threshold; units released");
                 }
                 // Already cancelled, or unknown: nothing to write.
-                "cancelled" | "missing" => {}
+                stored::CANCELLED | "missing" => {}
                 // Claimed by an earlier delivery: its order may be written;
                 // finish it idempotently.
                 _ => live.push(p),
@@ -384,8 +393,13 @@ impl OrderWriter {
                 return self.send(&tier, p, out, now).await;
             }
         }
-        match self.lc.sale.release(&p.id, "dead_letter", now, true).await {
-            Ok(r) if r == "ordered" || r == "paid" => {
+        match self
+            .lc
+            .sale
+            .release(&p.id, reason::DEAD_LETTER, now, true)
+            .await
+        {
+            Ok(r) if r == stored::ORDERED || r == stored::PAID => {
                 // Its order was written after all.
                 return Ok(());
             }
@@ -444,7 +458,7 @@ impl OrderWriter {
         tracing::warn!(attempt_id = %p.msg.attempt_id, outcome = %r, "attempt unknown to redis; adopted from the message");
         Ok(match r.as_str() {
             "adopted" => "claimed".to_owned(),
-            "refused" => "cancelled".to_owned(),
+            "refused" => stored::CANCELLED.to_owned(),
             "no_counters" => {
                 return Err(StoreError::Protocol(
                     "item counters missing in redis; rebuild pending".into(),
@@ -463,7 +477,7 @@ impl OrderWriter {
         let pay_by = now + self.lc.config.payment_timeout_ms();
         let mut rows = Vec::new();
         for (p, claim) in pending.iter().zip(claims) {
-            if claim? == "cancelled" {
+            if claim? == stored::CANCELLED {
                 tracing::info!(attempt_id = %p.msg.attempt_id, "attempt was cancelled; no order");
                 continue;
             }
@@ -525,7 +539,7 @@ impl OrderWriter {
                     // rebuild the item from the database instead.
                     tracing::error!(attempt_id = %aid, "order refused: the item's stock is all ordered; rebuilding the item");
                     metrics::counter!("seckill_orders_refused_total", "reason" => "stock").increment(1);
-                    self.lc.sale.release_distrusted(&id, "sold_out", now).await?;
+                    self.lc.sale.release_distrusted(&id, reason::SOLD_OUT, now).await?;
                     if let Err(e) = rebuild::ensure_item(&self.lc, id.round_id, id.item_id).await {
                         tracing::warn!(error = %e, "item not rebuilt now; its next reservation rebuilds it");
                     }
@@ -534,7 +548,7 @@ impl OrderWriter {
                 (None, _) => {
                     // The buyer already has a different order for this item.
                     tracing::warn!(attempt_id = %aid, "order refused as a second order of the buyer; releasing");
-                    self.lc.sale.release(&id, "duplicate_order", now, true).await?;
+                    self.lc.sale.release(&id, reason::DUPLICATE_ORDER, now, true).await?;
                     Ok(None)
                 }
             }

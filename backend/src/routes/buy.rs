@@ -16,7 +16,7 @@ use super::{
     path_id,
 };
 use crate::{
-    domain::{BuyRequest, buy::BuyBody},
+    domain::{AttemptStatus, BuyRequest, buy::BuyBody},
     lifecycle::buy::{self, Bought, Buy, BuyError},
 };
 
@@ -81,7 +81,7 @@ async fn buy_inner(
             tracing::Span::current().record("attempt_id", attempt_id.as_str());
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "attempt_id": attempt_id, "status": "queued" })),
+                Json(json!({ "attempt_id": attempt_id, "status": AttemptStatus::Queued.as_str() })),
             )
                 .into_response())
         }
