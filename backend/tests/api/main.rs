@@ -9,5 +9,6 @@ mod buy;
 mod common;
 mod helpers;
 mod lifecycle;
+mod repairs;
 mod resilience;
 mod writer;
