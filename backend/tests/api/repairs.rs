@@ -1,8 +1,10 @@
-//! Payment edge cases: a charge that lands after its order was cancelled,
-//! and a payment of unknown outcome whose charge arrives late.
+//! Payment and dead-letter edge cases: a charge that lands after its order
+//! was cancelled, a payment of unknown outcome whose charge arrives late,
+//! and dead letters whose order was written after all.
 
 use std::{sync::Arc, time::Duration};
 
+use lapin::types::FieldTable;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use seckill_backend::{
     auth::Role,
@@ -10,6 +12,7 @@ use seckill_backend::{
     config::SimulatedOutcome,
     lifecycle::sweep,
     payment::SimulatedProvider,
+    queue::OrderMessage,
     store::entities::order::{self, status},
 };
 use serde_json::{Value, json};
@@ -165,5 +168,136 @@ async fn a_payment_of_unknown_outcome_is_held_until_the_provider_voids_its_charg
     assert_eq!(s, 200, "{v}");
     assert_eq!(p.charged_orders(), 1);
     assert_eq!(app.counters(round, items[0]).await, (2, 1, 0, 1));
+    app.teardown().await;
+}
+
+/// Puts a copy of the order message of `order_id` into the dead-letter
+/// queue, as a message dead-lettered after its order was written.
+async fn dead_letter_copy(app: &TestApp, o: &order::Model) {
+    let msg = OrderMessage {
+        attempt_id: o.attempt_id.clone(),
+        round_id: o.round_id,
+        item_id: o.item_id,
+        user_id: o.user_id.clone(),
+        qty: o.qty,
+        unit_price_cents: o.unit_price_cents,
+        reserved_at_ms: o.reserved_at_ms,
+    };
+    let publisher = &app.state.publisher;
+    publisher
+        .publish_to(
+            &publisher.topology().dead(),
+            &serde_json::to_vec(&msg).unwrap(),
+            &o.attempt_id,
+            app.now_ms(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Sets fields of an attempt's Redis record.
+async fn set_attempt(app: &TestApp, round: i64, item: i64, id: &str, fields: &[(&str, &str)]) {
+    let mut c = app.state.sale.connection();
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(app.state.sale.keys(round, item).attempt(id));
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    let _: i64 = cmd.query_async(&mut c).await.unwrap();
+}
+
+async fn act(app: &TestApp, what: &str) -> Vec<Value> {
+    let r = app
+        .post_json(
+            &format!("/admin/dead-letters/{what}"),
+            &app.token("ops", Role::Operator),
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["results"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn replaying_a_dead_letter_whose_order_expired_reserves_nothing() {
+    let clock = clock();
+    let app = TestApp::spawn_with(TestOptions {
+        clock: Some(clock.clone()),
+        tweak: Some(Box::new(|c| c.lifecycle.sweep_interval_ms = 600_000)),
+        ..Default::default()
+    })
+    .await;
+    let (round, items) = app.open_round(json!([item(1, 1)]), -1_000, 3_600_000).await;
+    let (_, id) = ordered(&app, round, items[0], "expired-buyer").await;
+    let o = order_of(&app, &id).await;
+    // The writer committed the order but its message was dead-lettered (a
+    // later step failed), leaving the attempt cancelled as a dead letter;
+    // then the unpaid order expired and its unit went back to stock.
+    clock.advance(app.config.payment_timeout_ms() + 1_000);
+    assert!(app.state.lifecycle.expire(&id).await.unwrap());
+    set_attempt(
+        &app,
+        round,
+        items[0],
+        &o.attempt_id,
+        &[("reason", "dead_letter")],
+    )
+    .await;
+    dead_letter_copy(&app, &o).await;
+    assert_eq!(app.counters(round, items[0]).await, (1, 1, 0, 0));
+
+    let results = act(&app, "replay").await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        app.counters(round, items[0]).await,
+        (1, 1, 0, 0),
+        "{results:?}"
+    );
+    assert_eq!(results[0]["outcome"], "order_exists", "{results:?}");
+    assert_eq!(results[0]["order_status"], "cancelled");
+    // The message is dropped: there is nothing left to replay.
+    assert!(act(&app, "replay").await.is_empty());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn discarding_a_dead_letter_whose_order_was_written_keeps_its_units() {
+    let p = provider();
+    let app = TestApp::spawn_with(TestOptions {
+        provider: Some(p.clone()),
+        tweak: Some(Box::new(|c| c.lifecycle.sweep_interval_ms = 600_000)),
+        ..Default::default()
+    })
+    .await;
+    let (round, items) = app.open_round(json!([item(1, 1)]), -1_000, 3_600_000).await;
+    let (t, id) = ordered(&app, round, items[0], "committed-buyer").await;
+    let o = order_of(&app, &id).await;
+    // The writer committed the order and stopped before marking the
+    // attempt ordered; its message ended among the dead letters.
+    set_attempt(
+        &app,
+        round,
+        items[0],
+        &o.attempt_id,
+        &[("status", "writing")],
+    )
+    .await;
+    dead_letter_copy(&app, &o).await;
+
+    let results = act(&app, "discard").await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        app.counters(round, items[0]).await,
+        (1, 0, 1, 0),
+        "{results:?}"
+    );
+    assert_eq!(results[0]["outcome"], "order_exists", "{results:?}");
+    assert!(act(&app, "discard").await.is_empty());
+    // The order is still the buyer's to pay.
+    let (s, v) = pay(&app, &id, &t).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(app.counters(round, items[0]).await, (1, 0, 0, 1));
     app.teardown().await;
 }
