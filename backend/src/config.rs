@@ -448,8 +448,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
+    fn defaults_are_valid_on_a_development_machine() {
+        let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_default_secret_is_refused_without_the_development_flag() {
+        let e = Config::default().validate().unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "auth.secret",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("auth.allow_dev_secret"), "{e}");
     }
 
     #[test]
