@@ -129,6 +129,18 @@ pub struct PaymentConfig {
     /// Longest wait for the provider; after it the order stays `paying`
     /// until the sweep learns the outcome from the provider.
     pub timeout_ms: u64,
+    /// How long after a payment started a "no charge" answer counts as
+    /// conclusive (and the provider is asked to void the pending charge);
+    /// default twice `timeout_ms`.
+    pub lookup_settle_ms: Option<u64>,
+}
+
+impl PaymentConfig {
+    /// `lookup_settle_ms`, or its default.
+    pub fn lookup_settle_ms(&self) -> u64 {
+        self.lookup_settle_ms
+            .unwrap_or_else(|| self.timeout_ms.saturating_mul(2))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +259,7 @@ impl Default for PaymentConfig {
             provider: PaymentProviderKind::Simulated,
             simulated_outcome: SimulatedOutcome::Succeed,
             timeout_ms: 5_000,
+            lookup_settle_ms: None,
         }
     }
 }
@@ -377,6 +390,12 @@ impl Config {
         if self.payment.timeout_ms == 0 {
             return Err(invalid("payment.timeout_ms", "must be positive"));
         }
+        if self.payment.lookup_settle_ms() < self.payment.timeout_ms {
+            return Err(invalid(
+                "payment.lookup_settle_ms",
+                "must be at least payment.timeout_ms",
+            ));
+        }
         if self.lifecycle.sweep_interval_ms == 0 || self.lifecycle.sweep_batch == 0 {
             return Err(invalid(
                 "lifecycle",
@@ -436,8 +455,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
+    fn defaults_are_valid_on_a_development_machine() {
+        let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_default_secret_is_refused_without_the_development_flag() {
+        let e = Config::default().validate().unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "auth.secret",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("auth.allow_dev_secret"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn bad_configs_are_refused_with_a_clear_message() {
             .arg("check-config")
             .arg(&path)
             .env_remove("SECKILL_CONFIG")
+            .env("SECKILL__AUTH__ALLOW_DEV_SECRET", "true")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{body} was accepted");
@@ -47,6 +48,65 @@ fn bad_configs_are_refused_with_a_clear_message() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// The development secret the shipped files and the defaults carry is
+/// refused unless `auth.allow_dev_secret` says this is a development
+/// machine.
+#[test]
+fn the_development_secret_needs_the_development_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |body: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, body).unwrap();
+        let mut cmd = backend();
+        cmd.arg("check-config")
+            .arg(&path)
+            .env_remove("SECKILL_CONFIG")
+            .env_remove("SECKILL__AUTH__SECRET")
+            .env_remove("SECKILL__AUTH__ALLOW_DEV_SECRET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dev = "[auth]\nsecret = \"dev-only-secret-change-me-before-a-sale\"\n";
+    for (body, env) in [
+        ("", &[][..]),
+        (dev, &[][..]),
+        (dev, &[("SECKILL__AUTH__ALLOW_DEV_SECRET", "false")][..]),
+    ] {
+        let (ok, err) = check(body, env);
+        assert!(!ok, "{body:?} {env:?} was accepted");
+        assert!(
+            err.contains("auth.secret") && err.contains("auth.allow_dev_secret"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("dev-only-secret"),
+            "the secret is printed: {err}"
+        );
+    }
+    let allowed = format!("{dev}allow_dev_secret = true\n");
+    assert!(check(&allowed, &[]).0);
+    assert!(check(dev, &[("SECKILL__AUTH__ALLOW_DEV_SECRET", "true")]).0);
+    // A secret of one's own needs no flag.
+    assert!(
+        check(
+            dev,
+            &[("SECKILL__AUTH__SECRET", "a-secret-of-our-own-0123")]
+        )
+        .0
+    );
+    // The shipped development file sets the flag; without it, it is refused.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/backend.toml");
+    let body = std::fs::read_to_string(shipped).unwrap();
+    assert!(check(&body, &[]).0);
+    assert!(!check(&body, &[("SECKILL__AUTH__ALLOW_DEV_SECRET", "false")]).0);
 }
 
 #[test]
@@ -124,6 +184,7 @@ async fn reconcile_and_dead_letters_subcommands() {
         let out = backend()
             .args(args)
             .env_remove("SECKILL_CONFIG")
+            .env("SECKILL__AUTH__ALLOW_DEV_SECRET", "true")
             .env("SECKILL__DATABASE__URL", &db_url)
             .env("SECKILL__REDIS__URL", &redis_url)
             .env("SECKILL__REDIS__KEY_PREFIX", &prefix)

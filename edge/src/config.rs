@@ -369,6 +369,20 @@ mod tests {
     }
 
     #[test]
+    fn the_development_secret_needs_the_development_flag() {
+        let mut c = Config::default();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.allow_dev_secret"), "{e}");
+        c.auth.allow_dev_secret = true;
+        let e = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!e.contains("auth."), "{e}");
+    }
+
+    #[test]
     fn secret_is_hidden() {
         let s = format!("{:?}", Config::default());
         assert!(!s.contains("dev-only"));

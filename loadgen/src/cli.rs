@@ -45,7 +45,8 @@ pub struct Common {
     /// The backend's API base URL for admin calls (defaults to --target).
     #[arg(long, global = true, env = "SECKILL_ADMIN_URL")]
     pub admin_url: Option<String>,
-    /// Shared token secret.
+    /// Shared token secret (default: the development secret, which a
+    /// backend accepts only with `auth.allow_dev_secret = true`).
     #[arg(
         long,
         global = true,

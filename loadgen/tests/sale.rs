@@ -50,6 +50,8 @@ impl Backend {
         );
         cfg.pages.dir = dir.path().join("pages");
         cfg.sale.rounds_cache_ms = 50;
+        // The load generator's default secret is the development one.
+        cfg.auth.allow_dev_secret = true;
         cfg.validate().unwrap();
         let app = Application::build(cfg.clone(), Default::default())
             .await

@@ -72,6 +72,10 @@ pub enum TokenError {
     Invalid,
 }
 
+/// The secret of the built-in defaults and of the shipped development
+/// files: public, so refused unless [`AuthConfig::allow_dev_secret`] is set.
+pub const DEV_SECRET: &str = "dev-only-secret-change-me-before-a-sale";
+
 /// The token settings both services read from their configuration file:
 /// the shared secret and the clock skew tolerated on expiry. `Debug` never
 /// shows the secret.
@@ -83,15 +87,27 @@ pub struct AuthConfig {
     pub secret: String,
     /// Clock skew tolerated when checking a token's expiry, in seconds.
     pub leeway_secs: u64,
+    /// Accept [`DEV_SECRET`]: for a development machine only (anyone can
+    /// mint tokens with it).
+    pub allow_dev_secret: bool,
 }
 
 impl AuthConfig {
     pub const MIN_SECRET_LEN: usize = 16;
 
-    /// Checks the secret is long enough; the message names no value.
+    /// Checks the secret is long enough and not the development secret
+    /// (unless allowed); the message, said of `auth.secret`, names no
+    /// value.
     pub fn validate(&self) -> Result<(), String> {
         if self.secret.len() < Self::MIN_SECRET_LEN {
             return Err(format!("must be at least {} bytes", Self::MIN_SECRET_LEN));
+        }
+        if self.secret == DEV_SECRET && !self.allow_dev_secret {
+            return Err(
+                "is the development secret shipped with Seckill: set a secret of \
+                 your own, or auth.allow_dev_secret = true on a development machine"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -105,8 +121,9 @@ impl AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            secret: "dev-only-secret-change-me-before-a-sale".into(),
+            secret: DEV_SECRET.into(),
             leeway_secs: 5,
+            allow_dev_secret: false,
         }
     }
 }
@@ -116,6 +133,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("secret", &"<hidden>")
             .field("leeway_secs", &self.leeway_secs)
+            .field("allow_dev_secret", &self.allow_dev_secret)
             .finish()
     }
 }
@@ -237,12 +255,29 @@ mod tests {
     fn auth_config_hides_and_checks_its_secret() {
         let c = AuthConfig::default();
         assert!(!format!("{c:?}").contains("dev-only"));
-        assert!(c.validate().is_ok());
         let short = AuthConfig {
             secret: "short".into(),
-            leeway_secs: 0,
+            ..AuthConfig::default()
         };
         assert!(short.validate().is_err());
+        let own = AuthConfig {
+            secret: "a-secret-of-our-own-0123".into(),
+            ..AuthConfig::default()
+        };
+        assert!(own.validate().is_ok());
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_unless_allowed() {
+        let c = AuthConfig::default();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("auth.allow_dev_secret"), "{err}");
+        assert!(!err.contains(DEV_SECRET));
+        let dev = AuthConfig {
+            allow_dev_secret: true,
+            ..AuthConfig::default()
+        };
+        assert!(dev.validate().is_ok());
     }
 
     #[test]

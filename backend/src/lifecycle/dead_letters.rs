@@ -9,6 +9,13 @@
 //! message, so the writer writes its order once; it never sells a unit
 //! twice. A discard drops the message and releases any units it still
 //! held.
+//!
+//! Both first ask the database: a dead letter whose attempt already has an
+//! order (written before the message was dead-lettered, whatever its status
+//! now) is dropped as `order_exists`, neither revived (an expired order's
+//! units would stay reserved with nothing to release them) nor released
+//! (the units of a live or paid order are its own). The order's lifecycle
+//! owns those units from then on.
 
 use std::collections::HashSet;
 
@@ -18,13 +25,14 @@ use lapin::{
     options::{BasicAckOptions, BasicGetOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde::Serialize;
 
 use super::Lifecycle;
 use crate::{
     domain::AttemptId,
     queue::{OrderMessage, Publisher, topology::Topology},
-    store::{StoreError, sale::AttemptSeed},
+    store::{StoreError, entities::order, sale::AttemptSeed},
 };
 
 /// Most messages one call looks at.
@@ -90,9 +98,48 @@ impl Selection {
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
     pub attempt_id: Option<String>,
-    /// `replayed`, `discarded`, or why it stays (`sold_out`,
-    /// `buyer_has_another`, `cancelled`, `not_an_order`, `no_counters`).
+    /// `replayed`, `discarded`, `order_exists` (dropped: the attempt has an
+    /// order), or why it stays (`sold_out`, `buyer_has_another`,
+    /// `cancelled`, `not_an_order`, `no_counters`).
     pub outcome: String,
+    /// The status of the attempt's order, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_status: Option<String>,
+}
+
+/// What acting on one message did: whether it leaves the queue, and what
+/// to report.
+struct Acted {
+    remove: bool,
+    outcome: String,
+    order_status: Option<String>,
+}
+
+impl Acted {
+    fn new(remove: bool, outcome: &str) -> Self {
+        Self {
+            remove,
+            outcome: outcome.to_owned(),
+            order_status: None,
+        }
+    }
+
+    /// The attempt already has an order: the message is done with.
+    fn order_exists(o: order::Model) -> Self {
+        Self {
+            remove: true,
+            outcome: "order_exists".to_owned(),
+            order_status: Some(o.status),
+        }
+    }
+}
+
+/// The order written for `attempt_id`, if any.
+async fn order_of(lc: &Lifecycle, attempt_id: &str) -> Result<Option<order::Model>, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::AttemptId.eq(attempt_id))
+        .one(&lc.db)
+        .await?)
 }
 
 fn header<'a>(h: Option<&'a FieldTable>, name: &str) -> Option<&'a AMQPValue> {
@@ -222,8 +269,11 @@ pub async fn replay(
     act(lc, publisher.topology(), selection, |m| async move {
         let (msg, id) = parse(&m);
         let (Some(msg), Some(id)) = (msg, id) else {
-            return Ok((false, "not_an_order".to_owned()));
+            return Ok(Acted::new(false, "not_an_order"));
         };
+        if let Some(o) = order_of(lc, &msg.attempt_id).await? {
+            return Ok(Acted::order_exists(o));
+        }
         let seed = AttemptSeed {
             id: &id,
             user: &msg.user_id,
@@ -248,10 +298,10 @@ pub async fn replay(
                         h,
                     )
                     .await?;
-                Ok((true, "replayed".to_owned()))
+                Ok(Acted::new(true, "replayed"))
             }
-            "done" => Ok((true, "already_ordered".to_owned())),
-            other => Ok((false, other.to_owned())),
+            "done" => Ok(Acted::new(true, "already_ordered")),
+            other => Ok(Acted::new(false, other)),
         }
     })
     .await
@@ -265,17 +315,20 @@ pub async fn discard(
 ) -> Result<Vec<Outcome>, DeadLetterError> {
     act(lc, topology, selection, |m| async move {
         if let (_, Some(id)) = parse(&m) {
+            if let Some(o) = order_of(lc, &id.to_string()).await? {
+                return Ok(Acted::order_exists(o));
+            }
             lc.sale
                 .release(&id, "dead_letter", lc.clock.now_ms(), true)
                 .await?;
         }
-        Ok((true, "discarded".to_owned()))
+        Ok(Acted::new(true, "discarded"))
     })
     .await
 }
 
 /// Runs `f` on every selected message; a message is removed from the
-/// queue when `f` answers `(true, _)`, and handed back otherwise.
+/// queue when `f` says so, and handed back otherwise.
 async fn act<F, Fut>(
     lc: &Lifecycle,
     topology: &Topology,
@@ -284,7 +337,7 @@ async fn act<F, Fut>(
 ) -> Result<Vec<Outcome>, DeadLetterError>
 where
     F: Fn(BasicGetMessage) -> Fut,
-    Fut: std::future::Future<Output = Result<(bool, String), DeadLetterError>>,
+    Fut: std::future::Future<Output = Result<Acted, DeadLetterError>>,
 {
     let s = Session::open(lc, topology).await?;
     let mut out = Vec::new();
@@ -297,13 +350,14 @@ where
                 continue;
             }
             let acker = m.delivery.acker.clone();
-            let (remove, outcome) = f(m).await?;
-            if remove {
+            let acted = f(m).await?;
+            if acted.remove {
                 acker.ack(BasicAckOptions::default()).await?;
             }
             out.push(Outcome {
                 attempt_id,
-                outcome,
+                outcome: acted.outcome,
+                order_status: acted.order_status,
             });
         }
         Ok::<_, DeadLetterError>(())

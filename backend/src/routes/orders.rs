@@ -1,7 +1,8 @@
 //! `POST /api/orders/{order_id}/pay`: the order's owner pays it (anyone
 //! else gets the same 404 as for an unknown order). Paying twice is one
 //! payment; paying an expired or cancelled order is refused with 409 and
-//! charges nothing.
+//! charges nothing, and a charge that went through while its order was
+//! cancelled is refunded and answered 409 with `refunded`.
 
 use axum::{
     Json,
@@ -26,6 +27,7 @@ pub async fn pay(
         Err(PayError::InProgress) => "in_progress",
         Err(PayError::Declined(_)) => "declined",
         Err(PayError::Pending) => "pending",
+        Err(PayError::Refunded { .. }) => "refunded",
         Err(PayError::Store(_)) => "unavailable",
     };
     metrics::counter!("seckill_pay_requests_total", "outcome" => outcome).increment(1);
@@ -53,6 +55,19 @@ pub async fn pay(
         Err(e @ PayError::InProgress) => {
             let mut extra = Map::new();
             extra.insert("order_status".into(), json!("paying"));
+            Err(ApiError::ConflictWith {
+                message: e.to_string(),
+                extra,
+            })
+        }
+        Err(e @ PayError::Refunded { .. }) => {
+            let PayError::Refunded { reason, refunded } = &e else {
+                unreachable!()
+            };
+            let mut extra = Map::new();
+            extra.insert("order_status".into(), json!("cancelled"));
+            extra.insert("reason".into(), json!(reason));
+            extra.insert("refunded".into(), json!(refunded));
             Err(ApiError::ConflictWith {
                 message: e.to_string(),
                 extra,

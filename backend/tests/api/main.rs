@@ -10,5 +10,6 @@ mod common;
 mod faults;
 mod helpers;
 mod lifecycle;
+mod repairs;
 mod resilience;
 mod writer;
