@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 
 use lapin::{
-    Connection, ConnectionProperties,
+    Connection,
     message::BasicGetMessage,
     options::{BasicAckOptions, BasicGetOptions},
     types::{AMQPValue, FieldTable, ShortString},
@@ -53,6 +53,8 @@ pub mod headers {
 pub enum DeadLetterError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("broker: {0}")]
+    Connect(#[from] crate::queue::broker::ConnectError),
     #[error("republishing: {0}")]
     Publish(#[from] crate::queue::PublishError),
     #[error(transparent)]
@@ -188,10 +190,8 @@ struct Session {
 
 impl Session {
     async fn open(lc: &Lifecycle, topology: &Topology) -> Result<Self, DeadLetterError> {
-        let conn =
-            Connection::connect(&lc.config.rabbitmq.url, ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        topology.declare(&channel).await?;
+        let crate::queue::broker::BrokerChannel { conn, channel } =
+            crate::queue::broker::open(&lc.config.rabbitmq, topology).await?;
         Ok(Self {
             conn,
             channel,

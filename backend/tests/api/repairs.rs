@@ -152,13 +152,13 @@ async fn a_payment_of_unknown_outcome_is_held_until_the_provider_voids_its_charg
     // Past the sweep's first look: "no charge" is not conclusive yet.
     clock.advance(1_000);
     let lc = &app.state.lifecycle;
-    sweep::pass(lc, &mut None).await.unwrap();
+    sweep::pass(lc, &app.state.publisher).await.unwrap();
     assert_eq!(order_of(&app, &id).await.status, status::PAYING);
 
     // Past lookup_settle_ms: the pending charge is voided, the order
     // payable again, and the late charge can no longer land.
     clock.advance(5_000);
-    sweep::pass(lc, &mut None).await.unwrap();
+    sweep::pass(lc, &app.state.publisher).await.unwrap();
     assert_eq!(order_of(&app, &id).await.status, status::PENDING_PAYMENT);
     p.land_held_charges();
     assert_eq!(p.charged_orders(), 0, "a charge landed on a released order");
