@@ -69,12 +69,20 @@ pub struct Script {
 }
 
 /// What one buyer was told about its attempt.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Told {
     pub user: String,
     pub item_id: i64,
     /// The last status this buyer saw (`queued` until polling says more).
     pub status: String,
+    /// The `reason` of a `cancelled` status, as the buyer saw it.
+    pub reason: Option<String>,
+    /// Wall-clock time (Unix ms) the buy request that got the `202` was
+    /// sent, and the time its answer came back.
+    pub sent_ms: i64,
+    pub told_ms: i64,
+    /// The buyer's payment was answered `200 paid`.
+    pub paid: bool,
 }
 
 /// Attempts buyers were told about (a 202), by attempt id, plus the first
@@ -199,6 +207,10 @@ impl Crowd {
                     user: plan.user.clone(),
                     item_id: plan.item_id,
                     status: "queued".into(),
+                    reason: None,
+                    sent_ms: a.sent_ms,
+                    told_ms: unix_ms(),
+                    paid: false,
                 },
             );
             let mut last = self.ledger.last_reserved_ms.lock().expect("ledger");
@@ -280,6 +292,11 @@ impl Crowd {
                     .get_mut(attempt_id)
                 {
                     t.status = s.to_owned();
+                    t.reason = a
+                        .body
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
                 }
                 if s != "queued" {
                     return Some(a.body);
@@ -303,6 +320,12 @@ impl Crowd {
                     .json(&json!({})),
             )
             .await;
+        if a.status == 200
+            && let Some(id) = ordered.get("attempt_id").and_then(Value::as_str)
+            && let Some(t) = self.ledger.told_202.lock().expect("ledger").get_mut(id)
+        {
+            t.paid = true;
+        }
         let label = match a.status {
             200 => "paid".to_owned(),
             404 | 405 => "payment unavailable".to_owned(),

@@ -735,6 +735,7 @@ mod tests {
                     user: "u1".into(),
                     item_id: 2,
                     status: "queued".into(),
+                    ..Default::default()
                 },
             )]),
             forgers: HashSet::new(),
