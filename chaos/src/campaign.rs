@@ -227,7 +227,8 @@ async fn run_scenario(
     // The sale: starts in 3 s (buyers load the page and sync their clocks
     // meanwhile), buyers arrive over the spread, the window closes 3 s
     // after the last arrival.
-    let spread = Duration::from_secs(opts.spread_secs());
+    let spread = Duration::from_secs(opts.spread_secs()).mul_f64(sc.spread_factor());
+    let buyers = (f64::from(opts.buyers()) * sc.spread_factor()).round() as u32;
     let starts = unix_ms() + 3_000;
     let ends = starts + spread.as_millis() as i64 + 3_000;
     let admin = Admin::new(&stack.admin_url(), secret)?;
@@ -243,7 +244,7 @@ async fn run_scenario(
         .await?;
     let crowd_spec = CrowdSpec {
         edges: stack.edge_urls(),
-        buyers: opts.buyers(),
+        buyers,
         spread,
         pay_probability: opts.pay_probability,
         requests_per_buyer: 5,
@@ -308,7 +309,7 @@ async fn run_scenario(
     let mut row = measure::row(&Inputs {
         scenario: sc,
         round: &round,
-        buyers: opts.buyers(),
+        buyers,
         told: &told,
         buy_outcomes: outcomes.get("buy").unwrap_or(&empty),
         snapshot: &snapshot,
@@ -320,5 +321,6 @@ async fn run_scenario(
     stack.stop().await;
     drop(proxy);
     row.elapsed_secs = begun.elapsed().as_secs_f64();
+    row.spread_secs = spread.as_secs_f64();
     Ok(row)
 }

@@ -57,8 +57,15 @@ pub struct Row {
     /// than their own non-payment (`expired`), by reason.
     pub false_accepts: u64,
     pub false_accept_reasons: BTreeMap<String, u64>,
-    /// Reservations the fault itself destroyed (Redis restarts only).
+    /// Reservations the fault itself destroyed (Redis restarts only): told
+    /// 202, made before the kill, absent from Redis right after the
+    /// restart and without an order in the database at that moment (an
+    /// order is the reservation's durable record, so Redis losing it
+    /// destroys nothing).
     pub destroyed: Option<u64>,
+    /// Told 202, made before the kill, absent from Redis right after the
+    /// restart, whether or not the database had its order.
+    pub missing_after_restart: Option<u64>,
     /// Buyers told 202 who never saw `ordered`/`cancelled`.
     pub no_final_answer: u64,
     /// Buyers told 202 whose attempt has neither an order in the database
@@ -72,8 +79,12 @@ pub struct Row {
     pub recovery_secs: Option<f64>,
     /// Seconds from the injection until the fault was lifted.
     pub fault_secs: Option<f64>,
-    /// Units available (Redis) just before the injection.
+    /// Units available, and units not yet sold, just before the injection
+    /// (Redis).
     pub available_at_fault: Option<i64>,
+    pub unsold_at_fault: Option<i64>,
+    /// Seconds over which the crowd arrived.
+    pub spread_secs: f64,
     /// The crowd was cut by its time cap.
     pub crowd_capped: bool,
     pub elapsed_secs: f64,
@@ -168,6 +179,7 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         accepted: inp.told.len() as u64,
         crowd_capped: inp.crowd_capped,
         available_at_fault: inp.fault.available_at_fault,
+        unsold_at_fault: inp.fault.unsold_at_fault,
         notes: inp.fault.notes.clone(),
         ..Default::default()
     };
@@ -287,19 +299,27 @@ pub fn row(inp: &Inputs<'_>) -> Row {
 
     // Reservations the fault destroyed: told 202, made before the kill,
     // absent from Redis right after the restart, not yet in the database.
-    if sc.can_destroy() {
-        r.destroyed = inp.fault.after_restart.as_ref().map(|(present, ordered)| {
-            let killed = inp.fault.injected_ms.unwrap_or(i64::MAX);
-            inp.told
-                .keys()
-                .filter(|id| {
-                    id.parse::<AttemptId>()
-                        .is_ok_and(|a| (a.ulid.timestamp_ms() as i64) < killed)
-                        && !present.contains(*id)
-                        && !ordered.contains(*id)
-                })
-                .count() as u64
-        });
+    if sc.can_destroy()
+        && let Some((present, ordered)) = inp.fault.after_restart.as_ref()
+    {
+        let killed = inp.fault.injected_ms.unwrap_or(i64::MAX);
+        let missing: Vec<&String> = inp
+            .told
+            .keys()
+            .filter(|id| {
+                id.parse::<AttemptId>()
+                    .is_ok_and(|a| (a.ulid.timestamp_ms() as i64) < killed)
+                    && !present.contains(*id)
+            })
+            .collect();
+        r.missing_after_restart = Some(missing.len() as u64);
+        let destroyed = missing.iter().filter(|id| !ordered.contains(**id)).count() as u64;
+        r.notes.push(format!(
+            "{} attempts told 202 before the kill were missing from Redis after the restart; \
+             {destroyed} of them had no order in the database yet (destroyed)",
+            missing.len()
+        ));
+        r.destroyed = Some(destroyed);
     }
 
     // Reconcile, without repair.

@@ -392,10 +392,19 @@ impl Postgres {
         if let Some(mut p) = self.proc.take() {
             let pgid = p.pid();
             p.kill9().await?;
-            // Orphaned backends exit once they see the postmaster gone; a
-            // new postmaster refuses to start while they hold shared memory.
-            let _ = procs::wait_gone(-pgid, Duration::from_secs(10)).await;
+            // A new postmaster refuses to start while backends of the old
+            // one still hold its shared memory; idle ones only notice the
+            // postmaster's death when their client talks to them. Give them
+            // a moment, then stop what is left, as a supervisor restarting
+            // the server would have to.
+            if procs::wait_gone(-pgid, Duration::from_secs(1))
+                .await
+                .is_err()
+            {
+                tracing::info!("stopping backends the killed postmaster left behind");
+            }
             drop(p);
+            procs::wait_gone(-pgid, Duration::from_secs(5)).await?;
         }
         self.spawn().await
     }
