@@ -437,3 +437,180 @@ fn judge(r: &mut Row, fault: &FaultRecord) {
     r.passed = why.is_empty();
     r.why = why;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seckill_backend::store::entities::item;
+    use seckill_loadgen::{setup::ItemInfo, verdict::ItemSnapshot};
+    use serde_json::json;
+
+    use crate::scenario;
+
+    const A1: &str = "1-2-01M8TF2R1PWG8DKPAFYV5E37HX";
+    const A2: &str = "1-2-01M8TF2R242SG0WGG1B8744FBA";
+    const A3: &str = "1-2-01M8TF2R25KPRPB9M08BARSMS7";
+
+    fn order(attempt: &str, status: &str, reason: Option<&str>) -> order::Model {
+        order::Model {
+            id: attempt.into(),
+            attempt_id: attempt.into(),
+            round_id: 1,
+            item_id: 2,
+            user_id: attempt.into(),
+            qty: 1,
+            unit_price_cents: 1,
+            status: status.into(),
+            reserved_at_ms: 0,
+            created_at_ms: 0,
+            pay_by_ms: 0,
+            paid_at_ms: None,
+            cancelled_at_ms: None,
+            cancel_reason: reason.map(str::to_owned),
+            payment_started_at_ms: None,
+            charge_id: None,
+            counters_applied: true,
+        }
+    }
+
+    fn told(status: &str, reason: Option<&str>, paid: bool) -> Told {
+        Told {
+            user: "u".into(),
+            item_id: 2,
+            status: status.into(),
+            reason: reason.map(str::to_owned),
+            sent_ms: 10,
+            told_ms: 20,
+            paid,
+        }
+    }
+
+    fn snapshot(counters: [i64; 4], orders: Vec<order::Model>) -> Snapshot {
+        Snapshot {
+            round_id: 1,
+            items: vec![ItemSnapshot {
+                item: item::Model {
+                    id: 2,
+                    round_id: 1,
+                    title: "t".into(),
+                    description: "d".into(),
+                    image_url: "i".into(),
+                    original_price_cents: 2,
+                    sale_price_cents: 1,
+                    stock: counters[0],
+                    per_user_limit: 1,
+                },
+                counters: Some(counters),
+                buyers: HashMap::new(),
+                attempts: HashMap::new(),
+            }],
+            orders,
+        }
+    }
+
+    fn round() -> RoundInfo {
+        RoundInfo {
+            id: 1,
+            status: "approved".into(),
+            starts_at_ms: 0,
+            ends_at_ms: 1,
+            items: vec![ItemInfo {
+                id: 2,
+                title: "t".into(),
+                stock: 2,
+                per_user_limit: 1,
+            }],
+        }
+    }
+
+    fn judge_of(
+        sc: u32,
+        snap: &Snapshot,
+        told: &HashMap<String, Told>,
+        redis: &HashMap<String, (Option<String>, Option<String>)>,
+        fault: &FaultRecord,
+    ) -> Row {
+        let reconcile = json!({"items": [{"item_id": 2, "differences": []}]});
+        row(&Inputs {
+            scenario: scenario::by_id(sc).unwrap(),
+            round: &round(),
+            buyers: 10,
+            told,
+            buy_outcomes: &BTreeMap::from([
+                ("503 unavailable".into(), 4),
+                ("202 queued".into(), 3),
+            ]),
+            snapshot: snap,
+            redis_attempts: redis,
+            reconcile: Some((&reconcile, false)),
+            fault,
+            crowd_capped: false,
+        })
+    }
+
+    #[test]
+    fn a_clean_sale_meets_the_goal() {
+        let snap = snapshot(
+            [2, 1, 0, 1],
+            vec![
+                order(A1, order::status::PAID, None),
+                order(A2, order::status::CANCELLED, Some("expired")),
+            ],
+        );
+        let told = HashMap::from([
+            (A1.to_owned(), told("ordered", None, true)),
+            (A2.to_owned(), told("ordered", None, false)),
+        ]);
+        let r = judge_of(0, &snap, &told, &HashMap::new(), &FaultRecord::default());
+        assert!(r.passed, "{:?}", r.why);
+        assert_eq!((r.accepted, r.units_sold, r.answers_503), (2, 1, 4));
+    }
+
+    #[test]
+    fn every_failure_is_counted_and_explained() {
+        // A1: cancelled sold_out after a 202; A2: nothing anywhere (lost);
+        // A3: never saw a final status. Redis holds more than the stock.
+        let snap = snapshot(
+            [2, 0, 2, 1],
+            vec![order(A1, order::status::CANCELLED, Some("sold_out"))],
+        );
+        let told = HashMap::from([
+            (A1.to_owned(), told("cancelled", Some("sold_out"), false)),
+            (A2.to_owned(), told("ordered", None, false)),
+            (A3.to_owned(), told("queued", None, false)),
+        ]);
+        let redis = HashMap::from([(A3.to_owned(), (Some("queued".into()), None))]);
+        let r = judge_of(3, &snap, &told, &redis, &FaultRecord::default());
+        assert!(!r.passed);
+        assert_eq!(r.false_accepts, 1);
+        assert_eq!(r.false_accept_reasons.get("sold_out"), Some(&1));
+        assert_eq!(
+            r.acked_lost, 2,
+            "A2 and A3 have neither order nor cancellation"
+        );
+        assert_eq!(r.no_final_answer, 1);
+        assert_eq!(r.oversold, 1);
+        assert_eq!(r.stranded, 2);
+        assert_eq!(r.why.len(), 5, "{:?}", r.why);
+    }
+
+    #[test]
+    fn false_accepts_within_what_a_redis_restart_destroyed_meet_the_goal() {
+        let snap = snapshot([2, 2, 0, 0], vec![]);
+        let told = HashMap::from([(A1.to_owned(), told("cancelled", Some("sold_out"), false))]);
+        let redis = HashMap::from([(
+            A1.to_owned(),
+            (Some("cancelled".into()), Some("sold_out".into())),
+        )]);
+        let fault = FaultRecord {
+            injected_ms: Some(i64::MAX),
+            after_restart: Some((Default::default(), Default::default())),
+            ..Default::default()
+        };
+        let r = judge_of(2, &snap, &told, &redis, &fault);
+        assert_eq!((r.false_accepts, r.destroyed), (1, Some(1)));
+        assert!(r.passed, "{:?}", r.why);
+        // The same answer after a fault that destroys nothing misses it.
+        assert!(!judge_of(3, &snap, &told, &redis, &FaultRecord::default()).passed);
+    }
+}
