@@ -3,8 +3,10 @@
 //! split over the two edges (buyer `n` prefers edge `n % 2` and moves to
 //! the other one when its edge refuses connections). Arrivals are spread
 //! over a few seconds after the start, so a fault lands while the sale
-//! still has stock. Every `202`, the final status its buyer saw and its
-//! payment land in the shared [`Ledger`].
+//! still has stock; a second, smaller wave arrives once the fault is
+//! lifted, so there is demand to show the sale recovered. Every `202`, the
+//! final status its buyer saw and its payment land in the shared
+//! [`Ledger`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -45,10 +47,29 @@ pub struct CrowdRun {
 impl CrowdRun {
     /// Sends the crowd at `round`.
     pub fn spawn(spec: &CrowdSpec, round: &RoundInfo) -> anyhow::Result<Self> {
+        Self::spawn_wave(
+            spec,
+            round,
+            Arc::new(Ledger::default()),
+            Arc::new(Stats::new()),
+            0,
+            Duration::ZERO,
+        )
+    }
+
+    /// Sends a wave of buyers `first..first + spec.buyers`, arriving over
+    /// `spec.spread` from `after` past the start, recording into `ledger`
+    /// and `stats` (shared with an earlier crowd).
+    pub fn spawn_wave(
+        spec: &CrowdSpec,
+        round: &RoundInfo,
+        ledger: Arc<Ledger>,
+        stats: Arc<Stats>,
+        first: usize,
+        after: Duration,
+    ) -> anyhow::Result<Self> {
         let keys = TokenKeys::new(spec.secret.as_bytes(), 5);
         let ttl = (spec.cap.as_secs() + 3600) as i64;
-        let stats = Arc::new(Stats::new());
-        let ledger = Arc::new(Ledger::default());
         let stop = CancellationToken::new();
         let script = Arc::new(Script {
             qty: 1,
@@ -70,10 +91,10 @@ impl CrowdRun {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut rng = fastrand::Rng::with_seed(spec.seed);
+        let mut rng = fastrand::Rng::with_seed(spec.seed ^ first as u64);
         let spread_ms = spec.spread.as_millis().max(1) as u64;
         let mut set = JoinSet::new();
-        for n in 0..spec.buyers as usize {
+        for n in first..first + spec.buyers as usize {
             let item = &round.items[n % round.items.len()];
             let user = format!("r{}-buyer-{n}", round.id);
             let plan = BuyerPlan {
@@ -82,7 +103,7 @@ impl CrowdRun {
                 behaviour: Behaviour::Normal,
                 round_id: round.id,
                 item_id: item.id,
-                reaction: Duration::from_millis(rng.u64(0..=spread_ms)),
+                reaction: after + Duration::from_millis(rng.u64(0..=spread_ms)),
                 early_by: Duration::ZERO,
                 pays: rng.f64() < spec.pay_probability,
             };

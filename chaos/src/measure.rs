@@ -376,9 +376,9 @@ pub fn row(inp: &Inputs<'_>) -> Row {
             r.notes
                 .push("no 202 for any buy sent after the injection".into());
         }
-        if inp.fault.available_at_fault == Some(0) {
+        if inp.fault.unsold_at_fault == Some(0) {
             r.notes
-                .push("no units were available when the fault was injected".into());
+                .push("every unit was already sold when the fault was injected".into());
         }
     }
 

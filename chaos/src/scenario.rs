@@ -108,13 +108,6 @@ impl Scenario {
         matches!(self.id, 1 | 2)
     }
 
-    /// How much longer than usual buyers keep arriving: a RabbitMQ node
-    /// restarting after `kill -9` takes 6–18 s on two busy cores, and the
-    /// sale must go on after it to show it recovered.
-    pub fn spread_factor(&self) -> f64 {
-        if self.id == 4 { 2.0 } else { 1.0 }
-    }
-
     /// Whether a fault is injected at a moment (scenario 11's skew lasts
     /// the whole sale, 0 has none).
     pub fn has_moment(&self) -> bool {
@@ -218,8 +211,9 @@ async fn inject_inner(
             .query_async(&mut c)
             .await
             .context("CONFIG SET save")?;
+        let held = attempts_in_redis(&ctx).await?.len();
         rec.notes.push(format!(
-            "snapshot taken {:.1} s before the kill",
+            "snapshot taken {:.1} s before the kill, with {held} attempts of the round",
             (ctx.at_ms - unix_ms()) as f64 / 1000.0
         ));
     }
