@@ -35,6 +35,9 @@ pub struct Row {
     pub stock: i64,
     /// Buy requests answered `202`.
     pub accepted: u64,
+    /// Attempts a buyer first learnt of from a `200` (a retry that found
+    /// the attempt after the 202 was lost); judged like the 202s.
+    pub accepted_on_retry: u64,
     /// Units of paid orders.
     pub units_sold: i64,
     /// Buy answers `503` (as the crowd saw them, edge or backend).
@@ -176,7 +179,8 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         round_id: inp.round.id,
         buyers: inp.buyers,
         stock: inp.round.total_stock(),
-        accepted: inp.told.len() as u64,
+        accepted: inp.told.values().filter(|t| !t.retry).count() as u64,
+        accepted_on_retry: inp.told.values().filter(|t| t.retry).count() as u64,
         crowd_capped: inp.crowd_capped,
         available_at_fault: inp.fault.available_at_fault,
         unsold_at_fault: inp.fault.unsold_at_fault,
@@ -482,6 +486,7 @@ mod tests {
             sent_ms: 10,
             told_ms: 20,
             paid,
+            retry: false,
         }
     }
 

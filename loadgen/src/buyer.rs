@@ -83,10 +83,14 @@ pub struct Told {
     pub told_ms: i64,
     /// The buyer's payment was answered `200 paid`.
     pub paid: bool,
+    /// The attempt was first answered `200` (a retry that found it; the
+    /// 202 never reached the buyer), not `202`.
+    pub retry: bool,
 }
 
-/// Attempts buyers were told about (a 202), by attempt id, plus the first
-/// sold-out answer per item. Shared by all buyers.
+/// Attempts buyers were told about (a 202, or a 200 for a retry that found
+/// the attempt), by attempt id, plus the first sold-out answer per item.
+/// Shared by all buyers.
 #[derive(Default)]
 pub struct Ledger {
     pub told_202: Mutex<HashMap<String, Told>>,
@@ -198,12 +202,17 @@ impl Crowd {
             req = req.header("Idempotency-Key", format!("{}-{}", plan.user, plan.item_id));
         }
         let a = self.record(Kind::Buy, req).await;
-        if a.status == 202
+        // A 200 is a retry that found the attempt: the buyer holds it as
+        // surely as after a 202 (whose answer may have been lost).
+        if matches!(a.status, 200 | 202)
             && let Some(id) = a.body.get("attempt_id").and_then(Value::as_str)
         {
-            self.ledger.told_202.lock().expect("ledger").insert(
-                id.to_owned(),
-                Told {
+            self.ledger
+                .told_202
+                .lock()
+                .expect("ledger")
+                .entry(id.to_owned())
+                .or_insert_with(|| Told {
                     user: plan.user.clone(),
                     item_id: plan.item_id,
                     status: "queued".into(),
@@ -211,8 +220,8 @@ impl Crowd {
                     sent_ms: a.sent_ms,
                     told_ms: unix_ms(),
                     paid: false,
-                },
-            );
+                    retry: a.status == 200,
+                });
             let mut last = self.ledger.last_reserved_ms.lock().expect("ledger");
             let e = last.entry(plan.item_id).or_insert(i64::MIN);
             *e = (*e).max(server_now());
