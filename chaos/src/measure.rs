@@ -97,6 +97,10 @@ pub struct Row {
     pub notes: Vec<String>,
 }
 
+/// How far ahead of its deadline a refused payment must have been sent to
+/// count as paid in time (clock reading and network slack).
+const PAY_MARGIN_MS: i64 = 250;
+
 /// Statuses of an order that hold units.
 fn live(status: &str) -> bool {
     status != order::status::CANCELLED
@@ -287,6 +291,18 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         {
             r.paid_not_sold += 1;
         }
+        // A payment sent well before the order's deadline (by the clock
+        // that set it) and refused as expired: not the buyer's non-payment.
+        let paid_in_time = t.pay_status == 409
+            && orders
+                .get(id.as_str())
+                .is_some_and(|o| t.pay_sent_ms + PAY_MARGIN_MS < o.pay_by_ms);
+        let store_cancel = match store_cancel {
+            Some(reason) if reason == "expired" && paid_in_time => {
+                Some("expired_though_paid_in_time".to_owned())
+            }
+            other => other,
+        };
         let false_reason = [told_cancel, store_cancel]
             .into_iter()
             .flatten()
@@ -487,6 +503,8 @@ mod tests {
             told_ms: 20,
             paid,
             retry: false,
+            pay_status: if paid { 200 } else { 0 },
+            pay_sent_ms: 0,
         }
     }
 
@@ -597,6 +615,38 @@ mod tests {
         assert_eq!(r.oversold, 1);
         assert_eq!(r.stranded, 2);
         assert_eq!(r.why.len(), 5, "{:?}", r.why);
+    }
+
+    #[test]
+    fn a_payment_refused_before_the_deadline_is_no_non_payment() {
+        let mut expired = order(A1, order::status::CANCELLED, Some("expired"));
+        expired.pay_by_ms = 5_000;
+        let snap = snapshot([2, 2, 0, 0], vec![expired]);
+        let mut t = told("ordered", None, false);
+        (t.pay_status, t.pay_sent_ms) = (409, 4_000);
+        let told_map = HashMap::from([(A1.to_owned(), t.clone())]);
+        let r = judge_of(
+            11,
+            &snap,
+            &told_map,
+            &HashMap::new(),
+            &FaultRecord::default(),
+        );
+        assert_eq!(
+            r.false_accept_reasons.get("expired_though_paid_in_time"),
+            Some(&1)
+        );
+        // Sent after the deadline: the buyer's own lateness.
+        t.pay_sent_ms = 5_100;
+        let told_map = HashMap::from([(A1.to_owned(), t)]);
+        let r = judge_of(
+            11,
+            &snap,
+            &told_map,
+            &HashMap::new(),
+            &FaultRecord::default(),
+        );
+        assert!(r.passed, "{:?}", r.why);
     }
 
     #[test]

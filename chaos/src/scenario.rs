@@ -196,9 +196,14 @@ async fn inject_inner(
     ctx: FaultCtx<'_>,
     rec: &mut FaultRecord,
 ) -> anyhow::Result<()> {
+    let mut held_at_snapshot = 0;
     if sc.id == 1 {
         // An early snapshot, then no more: the restart goes back to it.
+        // Taken once the sale is under way (a quarter of the stock
+        // reserved, or 2 s after the planned moment at the latest).
         sleep_until_ms(ctx.snapshot_at_ms).await;
+        let quarter = ctx.round.total_stock() / 4;
+        wait_for_attempts(&ctx, quarter as usize, Duration::from_secs(2)).await?;
         let mut c = ctx.redis.connection().await?;
         let _: () = redis::cmd("SAVE")
             .query_async(&mut c)
@@ -211,16 +216,21 @@ async fn inject_inner(
             .query_async(&mut c)
             .await
             .context("CONFIG SET save")?;
-        let held = attempts_in_redis(&ctx).await?.len();
-        rec.notes.push(format!(
-            "snapshot taken {:.1} s before the kill, with {held} attempts of the round",
-            (ctx.at_ms - unix_ms()) as f64 / 1000.0
-        ));
+        held_at_snapshot = attempts_in_redis(&ctx).await?.len();
     }
     if !sc.has_moment() {
         return Ok(());
     }
     sleep_until_ms(ctx.at_ms).await;
+    if sc.id == 1 {
+        // Kill once a fifth of the stock more was reserved after the
+        // snapshot (or 3 s late at the latest), so the snapshot is older.
+        let more = held_at_snapshot + (ctx.round.total_stock() / 5) as usize;
+        let now = wait_for_attempts(&ctx, more, Duration::from_secs(3)).await?;
+        rec.notes.push(format!(
+            "snapshot held {held_at_snapshot} attempts of the round; {now} at the kill"
+        ));
+    }
     if let Ok((available, unsold)) = stock_left(&ctx).await {
         rec.available_at_fault = Some(available);
         rec.unsold_at_fault = Some(unsold);
@@ -305,6 +315,19 @@ async fn inject_inner(
         "fault lifted"
     );
     Ok(())
+}
+
+/// Polls until Redis holds at least `n` attempts of the round, or `limit`
+/// passes; returns the last count.
+async fn wait_for_attempts(ctx: &FaultCtx<'_>, n: usize, limit: Duration) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let held = attempts_in_redis(ctx).await?.len();
+        if held >= n || Instant::now() >= deadline {
+            return Ok(held);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn count_orders(ctx: &FaultCtx<'_>) -> anyhow::Result<u64> {

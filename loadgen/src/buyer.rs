@@ -86,6 +86,10 @@ pub struct Told {
     /// The attempt was first answered `200` (a retry that found it; the
     /// 202 never reached the buyer), not `202`.
     pub retry: bool,
+    /// The status of the buyer's payment request (0: none, or no answer)
+    /// and when it was sent (Unix ms).
+    pub pay_status: u16,
+    pub pay_sent_ms: i64,
 }
 
 /// Attempts buyers were told about (a 202, or a 200 for a retry that found
@@ -221,6 +225,8 @@ impl Crowd {
                     told_ms: unix_ms(),
                     paid: false,
                     retry: a.status == 200,
+                    pay_status: 0,
+                    pay_sent_ms: 0,
                 });
             let mut last = self.ledger.last_reserved_ms.lock().expect("ledger");
             let e = last.entry(plan.item_id).or_insert(i64::MIN);
@@ -329,11 +335,12 @@ impl Crowd {
                     .json(&json!({})),
             )
             .await;
-        if a.status == 200
-            && let Some(id) = ordered.get("attempt_id").and_then(Value::as_str)
+        if let Some(id) = ordered.get("attempt_id").and_then(Value::as_str)
             && let Some(t) = self.ledger.told_202.lock().expect("ledger").get_mut(id)
         {
-            t.paid = true;
+            t.paid = a.status == 200;
+            t.pay_status = a.status;
+            t.pay_sent_ms = a.sent_ms;
         }
         let label = match a.status {
             200 => "paid".to_owned(),
