@@ -213,6 +213,13 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         .map(|o| o.qty)
         .sum();
 
+    if r.accepted_on_retry > 0 {
+        r.notes.push(format!(
+            "{} attempts reached their buyer only through a retry answered 200 (the 202 was lost)",
+            r.accepted_on_retry
+        ));
+    }
+
     // Per item: oversold and stranded units.
     for is in &inp.snapshot.items {
         let stock = is.item.stock;
