@@ -124,7 +124,14 @@ pub async fn run(opts: Options) -> anyhow::Result<bool> {
     };
     print!("{}", report::text(&report));
     report::write_json(&report, &json_path)?;
-    println!("chaos: JSON report in {}", json_path.display());
+    if json_path.starts_with(&run_dir.path) && !opts.keep {
+        println!(
+            "chaos: JSON report in {} (removed with the run directory; pass --json or --keep)",
+            json_path.display()
+        );
+    } else {
+        println!("chaos: JSON report in {}", json_path.display());
+    }
     Ok(report.passed)
 }
 

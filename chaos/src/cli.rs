@@ -37,7 +37,8 @@ pub struct Options {
     #[arg(long)]
     pub keep: bool,
     /// Where to write the table as JSON (default: `<run dir>/chaos.json`,
-    /// which survives only with --keep).
+    /// which survives only with --keep; `scripts/chaos` passes
+    /// `run/chaos/<time>.json`).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Buyers per sale (default 3000, 1200 with --quick).
