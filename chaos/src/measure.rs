@@ -254,6 +254,28 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         }
     }
     r.stranded_attempts = inp.snapshot.pending() as u64;
+    let stuck: Vec<String> = inp
+        .snapshot
+        .items
+        .iter()
+        .flat_map(|i| i.attempts.iter())
+        .filter(|(_, a)| !matches!(a.status.as_str(), "ordered" | "paid" | "cancelled"))
+        .take(3)
+        .map(|(id, a)| {
+            let told = if inp.told.contains_key(id) {
+                "its buyer was told 202"
+            } else {
+                "its buyer was not told 202"
+            };
+            format!("{id} ({}, {told})", a.status)
+        })
+        .collect();
+    if !stuck.is_empty() {
+        r.notes.push(format!(
+            "attempts left unfinished, e.g. {}",
+            stuck.join(", ")
+        ));
+    }
 
     // Per buyer told 202: what became of the attempt.
     let mut lost_examples = Vec::new();
