@@ -205,10 +205,8 @@ async fn inject_inner(
         let quarter = ctx.round.total_stock() / 4;
         wait_for_attempts(&ctx, quarter as usize, Duration::from_secs(2)).await?;
         let mut c = ctx.redis.connection().await?;
-        let _: () = redis::cmd("SAVE")
-            .query_async(&mut c)
-            .await
-            .context("SAVE")?;
+        // No more automatic snapshots; then one now (waiting out an
+        // automatic one that may be under way).
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg("save")
@@ -216,6 +214,16 @@ async fn inject_inner(
             .query_async(&mut c)
             .await
             .context("CONFIG SET save")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match redis::cmd("SAVE").query_async::<()>(&mut c).await {
+                Ok(()) => break,
+                Err(e) if e.to_string().contains("in progress") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e).context("SAVE"),
+            }
+        }
         held_at_snapshot = attempts_in_redis(&ctx).await?.len();
     }
     if !sc.has_moment() {
