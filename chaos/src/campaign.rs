@@ -163,9 +163,11 @@ async fn campaign(
     let secret = random_hex(24)?;
     let run_id = random_hex(3)?;
     let mut rows = Vec::new();
-    for sc in scenarios {
+    for (n, sc) in scenarios.iter().enumerate() {
         tracing::info!(scenario = sc.id, name = sc.name, "scenario starting");
-        let row = run_scenario(opts, &mut services, *sc, dir, &secret, &run_id)
+        // Names carry the run's position too: a scenario may be repeated.
+        let tag = format!("{run_id}n{n}");
+        let row = run_scenario(opts, &mut services, *sc, dir, &secret, &tag)
             .await
             .with_context(|| format!("scenario {} ({})", sc.id, sc.name))?;
         tracing::info!(
@@ -205,7 +207,7 @@ async fn run_scenario(
     run_id: &str,
 ) -> anyhow::Result<Row> {
     let begun = Instant::now();
-    let sdir = dir.join(format!("s{}", sc.id));
+    let sdir = dir.join(format!("{run_id}-s{}", sc.id));
     std::fs::create_dir_all(&sdir)?;
     let ri = services.redis_index(sc.redis);
     let redis_url = services.redis[ri].url();

@@ -12,8 +12,8 @@ use clap::Parser;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "seckill-chaos", version)]
 pub struct Options {
-    /// Scenarios to run, e.g. `0,1,4,7` (0 is the no-fault baseline).
-    /// Default: all, 0–11.
+    /// Scenarios to run, in order, e.g. `0,1,4,7` (0 is the no-fault
+    /// baseline; `3,3,3` runs scenario 3 three times). Default: all, 0–11.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<u32>,
     /// The CI subset: scenarios 0, 1, 4 and 7 with a smaller crowd
