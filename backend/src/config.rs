@@ -30,6 +30,7 @@ pub struct Config {
     pub payment: PaymentConfig,
     pub lifecycle: LifecycleConfig,
     pub pages: PagesConfig,
+    pub clock: ClockConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -185,6 +186,17 @@ pub struct PagesConfig {
     /// Directory the static sale pages are rendered into (served by the edge).
     pub dir: PathBuf,
 }
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// Shifts this node's clock (sale windows, pay-by times, expiry) by
+    /// this many milliseconds; 0 in production. For testing skewed nodes.
+    pub offset_ms: i64,
+}
+
+/// Largest `clock.offset_ms` either way (one day).
+pub const MAX_CLOCK_OFFSET_MS: i64 = 86_400_000;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -420,6 +432,12 @@ impl Config {
         if self.pages.dir.as_os_str().is_empty() {
             return Err(invalid("pages.dir", "must not be empty"));
         }
+        if self.clock.offset_ms.abs() > MAX_CLOCK_OFFSET_MS {
+            return Err(invalid(
+                "clock.offset_ms",
+                "at most one day (86400000) either way",
+            ));
+        }
         Ok(())
     }
 
@@ -446,6 +464,7 @@ impl fmt::Debug for Config {
             .field("payment", &self.payment)
             .field("lifecycle", &self.lifecycle)
             .field("pages", &self.pages)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -492,6 +511,21 @@ mod tests {
         let mut c = Config::default();
         c.redis.key_prefix = "a{b}".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn clock_offsets_beyond_a_day_are_refused() {
+        let mut c = Config::default();
+        c.clock.offset_ms = -2_000;
+        c.validate().unwrap();
+        c.clock.offset_ms = MAX_CLOCK_OFFSET_MS + 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "clock.offset_ms",
+                ..
+            })
+        ));
     }
 
     #[test]

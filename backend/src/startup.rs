@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::{Clock, SystemClock},
+    clock::{self, Clock, SystemClock},
     config::Config,
     lifecycle::{self, Lifecycle},
     pages::PageRenderer,
@@ -93,8 +93,9 @@ pub struct Application {
 impl Application {
     /// Connects to Redis and the database (running migrations), prepares the
     /// publisher, and binds the listeners.
-    pub async fn build(config: Config, opts: BuildOptions) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, mut opts: BuildOptions) -> anyhow::Result<Self> {
         let config = Arc::new(config);
+        opts.clock = clock::with_offset(opts.clock, config.clock.offset_ms);
         let (sale, db) = connect_stores(&config).await?;
         let provider = opts
             .provider
@@ -225,13 +226,8 @@ pub async fn run_worker(config: Config, shutdown: CancellationToken) -> anyhow::
 pub async fn lifecycle_from(config: Config) -> anyhow::Result<Arc<Lifecycle>> {
     let (sale, db) = connect_stores(&config).await?;
     let provider = payment::from_config(&config.payment);
-    Ok(Lifecycle::new(
-        Arc::new(config),
-        sale,
-        db,
-        Arc::new(SystemClock),
-        provider,
-    ))
+    let clock = clock::with_offset(Arc::new(SystemClock), config.clock.offset_ms);
+    Ok(Lifecycle::new(Arc::new(config), sale, db, clock, provider))
 }
 
 /// Connects to Redis (loading the scripts) and to the database (running

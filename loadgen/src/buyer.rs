@@ -69,16 +69,32 @@ pub struct Script {
 }
 
 /// What one buyer was told about its attempt.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Told {
     pub user: String,
     pub item_id: i64,
     /// The last status this buyer saw (`queued` until polling says more).
     pub status: String,
+    /// The `reason` of a `cancelled` status, as the buyer saw it.
+    pub reason: Option<String>,
+    /// Wall-clock time (Unix ms) the buy request that got the `202` was
+    /// sent, and the time its answer came back.
+    pub sent_ms: i64,
+    pub told_ms: i64,
+    /// The buyer's payment was answered `200 paid`.
+    pub paid: bool,
+    /// The attempt was first answered `200` (a retry that found it; the
+    /// 202 never reached the buyer), not `202`.
+    pub retry: bool,
+    /// The status of the buyer's payment request (0: none, or no answer)
+    /// and when it was sent (Unix ms).
+    pub pay_status: u16,
+    pub pay_sent_ms: i64,
 }
 
-/// Attempts buyers were told about (a 202), by attempt id, plus the first
-/// sold-out answer per item. Shared by all buyers.
+/// Attempts buyers were told about (a 202, or a 200 for a retry that found
+/// the attempt), by attempt id, plus the first sold-out answer per item.
+/// Shared by all buyers.
 #[derive(Default)]
 pub struct Ledger {
     pub told_202: Mutex<HashMap<String, Told>>,
@@ -190,17 +206,28 @@ impl Crowd {
             req = req.header("Idempotency-Key", format!("{}-{}", plan.user, plan.item_id));
         }
         let a = self.record(Kind::Buy, req).await;
-        if a.status == 202
+        // A 200 is a retry that found the attempt: the buyer holds it as
+        // surely as after a 202 (whose answer may have been lost).
+        if matches!(a.status, 200 | 202)
             && let Some(id) = a.body.get("attempt_id").and_then(Value::as_str)
         {
-            self.ledger.told_202.lock().expect("ledger").insert(
-                id.to_owned(),
-                Told {
+            self.ledger
+                .told_202
+                .lock()
+                .expect("ledger")
+                .entry(id.to_owned())
+                .or_insert_with(|| Told {
                     user: plan.user.clone(),
                     item_id: plan.item_id,
                     status: "queued".into(),
-                },
-            );
+                    reason: None,
+                    sent_ms: a.sent_ms,
+                    told_ms: unix_ms(),
+                    paid: false,
+                    retry: a.status == 200,
+                    pay_status: 0,
+                    pay_sent_ms: 0,
+                });
             let mut last = self.ledger.last_reserved_ms.lock().expect("ledger");
             let e = last.entry(plan.item_id).or_insert(i64::MIN);
             *e = (*e).max(server_now());
@@ -280,6 +307,11 @@ impl Crowd {
                     .get_mut(attempt_id)
                 {
                     t.status = s.to_owned();
+                    t.reason = a
+                        .body
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
                 }
                 if s != "queued" {
                     return Some(a.body);
@@ -303,6 +335,13 @@ impl Crowd {
                     .json(&json!({})),
             )
             .await;
+        if let Some(id) = ordered.get("attempt_id").and_then(Value::as_str)
+            && let Some(t) = self.ledger.told_202.lock().expect("ledger").get_mut(id)
+        {
+            t.paid = a.status == 200;
+            t.pay_status = a.status;
+            t.pay_sent_ms = a.sent_ms;
+        }
         let label = match a.status {
             200 => "paid".to_owned(),
             404 | 405 => "payment unavailable".to_owned(),

@@ -5,8 +5,19 @@
 //! Latency is measured from the moment a request holds its concurrency
 //! permit to the end of its body, so it is the service's time, not the time
 //! a request waited in the load generator's own queue.
+//!
+//! A client may know several base URLs (edge nodes): requests go to the
+//! first one not marked down; a request that could not connect (so it was
+//! never sent) is marked down for a moment and sent once to the next one,
+//! the way a client behind a list of addresses moves to a surviving node.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde_json::Value;
 use tokio::{sync::Semaphore, time::Instant};
@@ -34,14 +45,33 @@ impl Answer {
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Per base: Unix ms until which it is skipped after a connect failure.
+    down_until: Arc<Vec<AtomicI64>>,
     permits: Arc<Semaphore>,
+}
+
+/// How long a base that refused a connection is skipped.
+const DOWN_FOR_MS: i64 = 1_000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Http {
     /// A client for `base` (e.g. `http://127.0.0.1:8080`) with at most
     /// `concurrency` requests in flight.
     pub fn new(base: &str, concurrency: usize, timeout: Duration) -> anyhow::Result<Self> {
+        Self::with_bases(&[base.to_owned()], concurrency, timeout)
+    }
+
+    /// A client for several equivalent bases, preferred in the given order.
+    pub fn with_bases(
+        bases: &[String],
+        concurrency: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!bases.is_empty(), "no base URL");
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
             .timeout(timeout)
@@ -50,17 +80,63 @@ impl Http {
             .build()?;
         Ok(Self {
             client,
-            base: base.trim_end_matches('/').to_owned(),
+            bases: Arc::new(
+                bases
+                    .iter()
+                    .map(|b| b.trim_end_matches('/').to_owned())
+                    .collect(),
+            ),
+            down_until: Arc::new(bases.iter().map(|_| AtomicI64::new(0)).collect()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
         })
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+    /// The first base not marked down (the first one if all are).
+    fn current(&self) -> usize {
+        let now = now_ms();
+        (0..self.bases.len())
+            .find(|&i| self.down_until[i].load(Ordering::Relaxed) <= now)
+            .unwrap_or(0)
     }
 
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.bases[self.current()], path)
+    }
+
+    /// The preferred base.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[0]
+    }
+
+    /// Sends `req`; after a connect failure marks its base down and sends
+    /// it once more to the next base that is up (nothing reached the first).
+    async fn execute(&self, req: reqwest::Request) -> reqwest::Result<reqwest::Response> {
+        let retry = (self.bases.len() > 1).then(|| req.try_clone()).flatten();
+        let res = self.client.execute(req).await;
+        let (Err(e), Some(mut again)) = (&res, retry) else {
+            return res;
+        };
+        if !e.is_connect() {
+            return res;
+        }
+        let url = again.url().as_str().to_owned();
+        let Some(from) = self.bases.iter().position(|b| url.starts_with(b.as_str())) else {
+            return res;
+        };
+        self.down_until[from].store(now_ms() + DOWN_FOR_MS, Ordering::Relaxed);
+        let to = self.current();
+        if to == from {
+            return res;
+        }
+        let Ok(moved) = reqwest::Url::parse(&format!(
+            "{}{}",
+            self.bases[to],
+            &url[self.bases[from].len()..]
+        )) else {
+            return res;
+        };
+        *again.url_mut() = moved;
+        self.client.execute(again).await
     }
 
     /// Sends a request built by `build` once a permit is free.
@@ -72,7 +148,10 @@ impl Http {
             .expect("semaphore never closed");
         let start = Instant::now();
         let sent_ms = chrono::Utc::now().timestamp_millis();
-        let res = build.send().await;
+        let res = match build.build() {
+            Ok(req) => self.execute(req).await,
+            Err(e) => Err(e),
+        };
         let (status, body) = match res {
             Ok(r) => {
                 let status = r.status().as_u16();

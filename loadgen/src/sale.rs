@@ -244,7 +244,8 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
     let verdict = verdict::judge(&snap, Some(&client));
 
     let first_sold_out = ledger.first_sold_out_ms.lock().expect("ledger").clone();
-    let sale = SaleFigures::from_verdict(&round, &verdict, &first_sold_out, client.told_202.len());
+    let answered_202 = client.told_202.values().filter(|t| !t.retry).count();
+    let sale = SaleFigures::from_verdict(&round, &verdict, &first_sold_out, answered_202);
     let payments = ledger
         .payments
         .lock()

@@ -251,7 +251,8 @@ pub struct Verdict {
 /// What only the crowd knows.
 #[derive(Clone, Debug, Default)]
 pub struct ClientView {
-    /// Attempts answered `202`, with the last status their buyer saw.
+    /// Attempts answered `202` (or `200` to a retry that found them), with
+    /// the last status their buyer saw.
     pub told_202: HashMap<String, Told>,
     /// Users whose tokens were forged.
     pub forgers: HashSet<String>,
@@ -548,7 +549,7 @@ pub fn judge(snap: &Snapshot, client: Option<&ClientView>) -> Verdict {
             }
         }
         i5_detail = format!(
-            "{} attempt(s) answered 202, all reached a final status",
+            "{} attempt(s) answered 202 (or 200 to a retry), all reached a final status",
             cv.told_202.len()
         );
     }
@@ -735,6 +736,7 @@ mod tests {
                     user: "u1".into(),
                     item_id: 2,
                     status: "queued".into(),
+                    ..Default::default()
                 },
             )]),
             forgers: HashSet::new(),
