@@ -178,6 +178,11 @@ pub struct LifecycleConfig {
     /// publishes its order message again, and the writer absorbs a
     /// duplicate.
     pub queued_grace_ms: u64,
+    /// An unpaid order expires this long after its `pay_by` by the clock of
+    /// the node deciding, and a payment is taken until then: nodes whose
+    /// clocks disagree by up to this much never refuse a payment sent in
+    /// time, nor expire an order early.
+    pub expiry_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -284,6 +289,7 @@ impl Default for LifecycleConfig {
             sweep_batch: 500,
             backlog_threshold_ms: 120_000,
             queued_grace_ms: 10_000,
+            expiry_grace_ms: 2_000,
         }
     }
 }
@@ -420,6 +426,9 @@ impl Config {
                 "must be positive",
             ));
         }
+        if self.lifecycle.expiry_grace_ms > 60_000 {
+            return Err(invalid("lifecycle.expiry_grace_ms", "at most 60000"));
+        }
         if self.sale.payment_timeout_secs == 0 {
             return Err(invalid("sale.payment_timeout_secs", "must be positive"));
         }
@@ -444,6 +453,12 @@ impl Config {
     /// The payment timeout in milliseconds.
     pub fn payment_timeout_ms(&self) -> i64 {
         (self.sale.payment_timeout_secs as i64).saturating_mul(1000)
+    }
+
+    /// Orders whose `pay_by` is at or before this are overdue at `now_ms`
+    /// (`lifecycle.expiry_grace_ms` earlier: clocks of nodes may disagree).
+    pub fn overdue_before(&self, now_ms: i64) -> i64 {
+        now_ms - self.lifecycle.expiry_grace_ms as i64
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -122,7 +122,7 @@ impl Lifecycle {
                 });
             }
             status::PAYING => return Err(PayError::InProgress),
-            _ if o.pay_by_ms <= now => {
+            _ if o.pay_by_ms <= self.config.overdue_before(now) => {
                 self.expire(order_id).await?;
                 return Err(PayError::Closed {
                     status: status::CANCELLED.into(),
@@ -136,7 +136,7 @@ impl Lifecycle {
             .col_expr(order::Column::PaymentStartedAtMs, Expr::value(now))
             .filter(order::Column::Id.eq(order_id))
             .filter(order::Column::Status.eq(status::PENDING_PAYMENT))
-            .filter(order::Column::PayByMs.gt(now))
+            .filter(order::Column::PayByMs.gt(self.config.overdue_before(now)))
             .exec(&self.db)
             .await?;
         if taken.rows_affected == 0 {
@@ -298,7 +298,7 @@ impl Lifecycle {
             .col_expr(order::Column::CountersApplied, Expr::value(false))
             .filter(order::Column::Id.eq(order_id))
             .filter(order::Column::Status.eq(status::PENDING_PAYMENT))
-            .filter(order::Column::PayByMs.lte(now))
+            .filter(order::Column::PayByMs.lte(self.config.overdue_before(now)))
             .exec(&self.db)
             .await?;
         let won = done.rows_affected == 1;

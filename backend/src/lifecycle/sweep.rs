@@ -69,7 +69,7 @@ pub async fn pass(lc: &Lifecycle, publisher: &Publisher) -> Result<SweepReport, 
         .select_only()
         .column(order::Column::Id)
         .filter(order::Column::Status.eq(status::PENDING_PAYMENT))
-        .filter(order::Column::PayByMs.lte(now))
+        .filter(order::Column::PayByMs.lte(lc.config.overdue_before(now)))
         .order_by_asc(order::Column::PayByMs)
         .limit(batch)
         .into_tuple()

@@ -41,7 +41,7 @@ impl Topology {
         Self::new(
             &cfg.rabbitmq,
             cfg.writer.retry_delays_ms.clone(),
-            cfg.payment_timeout_ms().max(1) as u64,
+            (cfg.payment_timeout_ms() + cfg.lifecycle.expiry_grace_ms as i64).max(1) as u64,
         )
     }
 

@@ -443,3 +443,45 @@ async fn a_dead_letter_whose_order_was_committed_is_finished_not_released() {
     assert_eq!(status.status, "ordered", "{status:?}");
     assert_eq!(app.counters(round, items[0]).await, (3, 2, 1, 0));
 }
+
+#[tokio::test]
+async fn a_node_whose_clock_runs_ahead_neither_refuses_a_timely_payment_nor_expires_early() {
+    let clock = seckill_backend::clock::ManualClock::new(chrono::Utc::now().timestamp_millis());
+    let app = TestApp::spawn_with(TestOptions {
+        clock: Some(clock.clone()),
+        payment_timeout_secs: 60,
+        tweak: Some(Box::new(|c| {
+            c.lifecycle.expiry_grace_ms = 2_000;
+            c.lifecycle.sweep_interval_ms = 600_000;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let (round, items) = app.open_round(json!([item(2, 1)]), -1_000, 3_600_000).await;
+    let got = buy_each(&app, round, items[0], &users("skew", 2)).await;
+    assert_all_accepted_ordered(&app, &got).await;
+    let ids: Vec<(String, String)> = got
+        .iter()
+        .map(|(_, t, _, v)| (v["attempt_id"].as_str().unwrap().to_owned(), t.clone()))
+        .collect();
+    // This node's clock reads 1.5 s past the deadline; the buyers' clocks
+    // (and the other nodes') are on time.
+    clock.advance(60_000 + 1_500);
+    let lc = &app.state.lifecycle;
+    let report = seckill_backend::lifecycle::sweep::pass(lc, &app.state.publisher)
+        .await
+        .unwrap();
+    assert_eq!(report.expired, 0, "expired early by a clock running ahead");
+    let (order_id, t) = &ids[0];
+    let r = app
+        .post_json(&format!("/api/orders/{order_id}/pay"), t, None)
+        .await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // Past the grace too: the other order expires.
+    clock.advance(1_000);
+    let report = seckill_backend::lifecycle::sweep::pass(lc, &app.state.publisher)
+        .await
+        .unwrap();
+    assert_eq!(report.expired, 1);
+    assert_eq!(app.counters(round, items[0]).await, (2, 1, 0, 1));
+}

@@ -116,6 +116,9 @@ impl TestApp {
         cfg.writer.retry_backoff_ms = 100;
         cfg.sale.payment_timeout_secs = opts.payment_timeout_secs;
         cfg.sale.rounds_cache_ms = 50;
+        // Tests move their clocks to the deadline exactly; the grace for
+        // nodes whose clocks disagree has its own test.
+        cfg.lifecycle.expiry_grace_ms = 0;
         cfg.pages.dir = pages.path().to_path_buf();
         let mut pg_db = None;
         cfg.database.url = match opts.db {
