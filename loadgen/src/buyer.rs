@@ -211,23 +211,27 @@ impl Crowd {
         if matches!(a.status, 200 | 202)
             && let Some(id) = a.body.get("attempt_id").and_then(Value::as_str)
         {
-            self.ledger
-                .told_202
-                .lock()
-                .expect("ledger")
-                .entry(id.to_owned())
-                .or_insert_with(|| Told {
-                    user: plan.user.clone(),
-                    item_id: plan.item_id,
-                    status: "queued".into(),
-                    reason: None,
-                    sent_ms: a.sent_ms,
-                    told_ms: unix_ms(),
-                    paid: false,
-                    retry: a.status == 200,
-                    pay_status: 0,
-                    pay_sent_ms: 0,
-                });
+            let mut ledger = self.ledger.told_202.lock().expect("ledger");
+            let told = ledger.entry(id.to_owned()).or_insert_with(|| Told {
+                user: plan.user.clone(),
+                item_id: plan.item_id,
+                status: "queued".into(),
+                reason: None,
+                sent_ms: a.sent_ms,
+                told_ms: unix_ms(),
+                paid: false,
+                retry: a.status == 200,
+                pay_status: 0,
+                pay_sent_ms: 0,
+            });
+            // Concurrent identical clicks: the 200 may come back before the
+            // 202 that created the attempt.
+            if a.status == 202 {
+                told.retry = false;
+                told.sent_ms = a.sent_ms;
+                told.told_ms = unix_ms();
+            }
+            drop(ledger);
             let mut last = self.ledger.last_reserved_ms.lock().expect("ledger");
             let e = last.entry(plan.item_id).or_insert(i64::MIN);
             *e = (*e).max(server_now());
