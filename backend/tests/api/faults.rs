@@ -22,11 +22,7 @@ use seckill_backend::{
 };
 use serde_json::json;
 
-use crate::helpers::{FaultProxy, TestApp, TestOptions, amqp_url, eventually, item};
-
-fn users(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
+use crate::helpers::{FaultProxy, TestApp, TestOptions, amqp_url, eventually, item, users};
 
 /// A redis-server of the test's own, on a free port, in its own directory,
 /// so it can be killed and restarted without touching the shared one.

@@ -452,6 +452,11 @@ pub async fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// `n` user ids, `<prefix>-0` …
+pub fn users(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
 pub fn item(stock: i64, limit: i64) -> Value {
     json!({
         "title": "Phone",

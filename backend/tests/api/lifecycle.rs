@@ -15,7 +15,7 @@ use seckill_backend::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::{Db, TestApp, TestOptions, eventually, item};
+use crate::helpers::{Db, TestApp, TestOptions, eventually, item, users};
 
 fn provider() -> Arc<SimulatedProvider> {
     Arc::new(SimulatedProvider::new(SimulatedOutcome::Succeed))
@@ -48,10 +48,6 @@ async fn pay(app: &TestApp, order_id: &str, token: &str) -> (u16, Value) {
         .await;
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
-}
-
-fn users(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 /// I1: the counters balance and none is negative.
