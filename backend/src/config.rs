@@ -531,6 +531,7 @@ mod tests {
     #[test]
     fn clock_offsets_beyond_a_day_are_refused() {
         let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
         c.clock.offset_ms = -2_000;
         c.validate().unwrap();
         c.clock.offset_ms = MAX_CLOCK_OFFSET_MS + 1;
