@@ -125,10 +125,11 @@ async fn watch_redis(lc: &Lifecycle, publisher: &Publisher) -> Result<(usize, us
     let stuck_before = now
         - lc.config.rabbitmq.confirm_timeout_ms as i64
         - lc.config.lifecycle.queued_grace_ms as i64;
+    let run_id = lc.sale.server_run_id().await?;
     let (mut rebuilt, mut republished) = (0, 0);
     for r in rounds::visible(&lc.db, recent).await? {
         for it in &r.items {
-            if !lc.sale.verified(r.round.id, it.id).await?
+            if !lc.sale.verified_by(r.round.id, it.id, &run_id).await?
                 && rebuild::ensure_item(lc, r.round.id, it.id).await? == rebuild::Ensured::Ready
             {
                 rebuilt += 1;

@@ -358,6 +358,8 @@ impl OrderWriter {
             metrics::counter!("seckill_writer_retries_total").increment(1);
             return self.send(&tier, p, out, now).await;
         }
+        // Where a message waits while its fate cannot be decided yet.
+        let last_tier = self.topology.retry_for(failures);
         // Give up: units back, buyer told, message kept for an operator —
         // unless the order was committed after all (a commit whose marking
         // failed): then it is finished, not dead.
@@ -379,18 +381,14 @@ impl OrderWriter {
                         }
                         Ok(())
                     }
-                    Err(_) => {
-                        let tier = self.topology.retry_for(failures);
-                        self.send(&tier, p, out, now).await
-                    }
+                    Err(_) => self.send(&last_tier, p, out, now).await,
                 };
             }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(attempt_id = %p.msg.attempt_id, error = %e,
                     "cannot tell whether a failing order was written; keeping it in the last retry tier");
-                let tier = self.topology.retry_for(failures);
-                return self.send(&tier, p, out, now).await;
+                return self.send(&last_tier, p, out, now).await;
             }
         }
         match self
@@ -407,8 +405,7 @@ impl OrderWriter {
             Err(e) => {
                 tracing::warn!(attempt_id = %p.msg.attempt_id, error = %e,
                     "cannot release a dead letter's units; keeping it in the last retry tier");
-                let tier = self.topology.retry_for(failures);
-                return self.send(&tier, p, out, now).await;
+                return self.send(&last_tier, p, out, now).await;
             }
         }
         out.insert(

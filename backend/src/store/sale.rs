@@ -566,15 +566,18 @@ impl SaleStore {
         Ok(())
     }
 
-    /// Whether the item's counters exist and were verified by the running
-    /// server (see `guard.lua`).
-    pub async fn verified(&self, round_id: i64, item_id: i64) -> Result<bool, StoreError> {
+    /// Whether the item's counters exist and were verified by the server
+    /// whose run id is `run_id` (see `guard.lua`; [`Self::server_run_id`]
+    /// gives the running server's, once for many items).
+    pub async fn verified_by(
+        &self,
+        round_id: i64,
+        item_id: i64,
+        run_id: &str,
+    ) -> Result<bool, StoreError> {
         let k = self.keys(round_id, item_id);
         let v: Option<String> = self.conn.clone().hget(k.stock(), "verified").await?;
-        Ok(match v {
-            Some(v) => v == self.server_run_id().await?,
-            None => false,
-        })
+        Ok(v.as_deref() == Some(run_id))
     }
 
     /// Every attempt Redis holds for an item (SCAN; for reconciliation,
