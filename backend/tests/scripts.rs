@@ -130,7 +130,11 @@ async fn scripts_follow_the_model() {
                     format!("k{}", rng.below(3))
                 };
                 let id = AttemptId::new(round, item, now + step);
-                let got = store.reserve(&id, &user, qty, now, &key).await.unwrap();
+                let got = store
+                    .reserve(&id, &user, qty, now, &key, None)
+                    .await
+                    .unwrap()
+                    .outcome;
                 let want = match m.buyers.get(&user) {
                     Some(&i) => {
                         let a = &m.attempts[i];

@@ -31,7 +31,7 @@ use nginx_compat::{AccessOutcome, Engine, LuaVm, Request, Scripts, SharedDicts, 
 use crate::{
     config::LuaConfig,
     metrics::Metrics,
-    permits::{Permit, Permits, Verdict},
+    permits::{Effect, Permit, Permits, Verdict},
     rate::TokenBuckets,
 };
 
@@ -300,8 +300,8 @@ fn scripts_of(cfg: &LuaConfig, sources: &[(PathBuf, String)]) -> Scripts {
     }
 }
 
-/// Turns a verdict into what `seckill.permit` returns, recording a granted
-/// permit for the current request.
+/// Turns a verdict into what `seckill.permit` returns, recording granted
+/// permits for the current request.
 fn answer(permits: &Permits, v: Verdict) -> (&'static str, Option<u64>) {
     match v {
         Verdict::Granted(p) => {
@@ -309,15 +309,31 @@ fn answer(permits: &Permits, v: Verdict) -> (&'static str, Option<u64>) {
                 .try_with(|slot| slot.lock().expect("slot lock").push(p))
                 .is_ok();
             if !kept {
-                // Not inside a request: nobody could settle it.
-                permits.finish(p, None);
+                // Not inside a request: nothing was forwarded.
+                permits.finish(p, Some(Effect::Kept));
             }
             ("ok", None)
         }
         Verdict::SoldOut => ("sold_out", None),
+        Verdict::Insufficient(n) => ("insufficient", Some(n.max(0) as u64)),
         Verdict::Wait(ms) => ("wait", Some(ms)),
         Verdict::Unknown => ("unknown", None),
-        Verdict::Unavailable => ("unavailable", None),
+        Verdict::Unavailable(ms) => ("unavailable", Some(ms)),
+    }
+}
+
+/// Most units one `seckill.permit` call may take (the policy's own limit,
+/// `limits.max_qty` in the default policy, is meant to be far lower).
+const MAX_UNITS: i64 = 1_000;
+
+/// The units a script asks permits for: 1 when it names none.
+fn units(qty: Option<i64>) -> mlua::Result<i64> {
+    match qty {
+        None => Ok(1),
+        Some(q) if (1..=MAX_UNITS).contains(&q) => Ok(q),
+        Some(q) => Err(mlua::Error::runtime(format!(
+            "permit: qty must be 1..={MAX_UNITS}, got {q}"
+        ))),
     }
 }
 
@@ -346,32 +362,36 @@ fn install_host_api(
     // The common case (a permit in hand, or a cached answer) is a plain
     // call; only a trip to Redis goes through the async machinery.
     let now_permits = permits.clone();
-    let permit_now = lua.create_function(move |_, (round, item): (i64, i64)| {
-        let Some(permits) = &now_permits else {
-            return Ok(("off", None));
-        };
-        Ok(match permits.try_acquire((round, item)) {
-            Some(v) => answer(permits, v),
-            None => ("ask", None),
-        })
-    })?;
-    let permit_wait = lua.create_async_function(move |_, (round, item): (i64, i64)| {
-        let permits = permits.clone();
-        async move {
-            let Some(permits) = permits else {
+    let permit_now =
+        lua.create_function(move |_, (round, item, qty): (i64, i64, Option<i64>)| {
+            let Some(permits) = &now_permits else {
                 return Ok(("off", None));
             };
-            let v = permits.acquire((round, item)).await;
-            Ok(answer(&permits, v))
-        }
-    })?;
+            let units = units(qty)?;
+            Ok(match permits.try_acquire((round, item), units) {
+                Some(v) => answer(permits, v),
+                None => ("ask", None),
+            })
+        })?;
+    let permit_wait =
+        lua.create_async_function(move |_, (round, item, qty): (i64, i64, Option<i64>)| {
+            let permits = permits.clone();
+            async move {
+                let Some(permits) = permits else {
+                    return Ok(("off", None));
+                };
+                let units = units(qty)?;
+                let v = permits.acquire((round, item), units).await;
+                Ok(answer(&permits, v))
+            }
+        })?;
     let permit: mlua::Function = lua
         .load(
             "local now, wait = ...
-             return function(round, item)
-               local v, ms = now(round, item)
+             return function(round, item, qty)
+               local v, ms = now(round, item, qty)
                if v ~= 'ask' then return v, ms end
-               return wait(round, item)
+               return wait(round, item, qty)
              end",
         )
         .set_name("=seckill.permit")

@@ -5,7 +5,10 @@
 //! This module owns the file format and its validation only; it opens no
 //! sockets. The token secret never appears in `Debug` output or logs.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, net::SocketAddr, path::Path, path::PathBuf};
+use std::{
+    collections::BTreeMap, fmt, net::IpAddr, net::SocketAddr, path::Path, path::PathBuf,
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -126,8 +129,23 @@ pub struct PermitsConfig {
     /// A lease not renewed within this time returns to the pool.
     pub lease_ttl_ms: u64,
     /// How long "sold out" or "no permit free" is believed before Redis is
-    /// asked again.
+    /// asked again; also the `retry_after_ms` of a buyer answered while
+    /// Redis is away.
     pub recheck_ms: u64,
+    /// Deadline of a lease call made while a buyer waits (connecting
+    /// included): past it the buyer is answered 503 at once.
+    pub redis_timeout_ms: u64,
+}
+
+impl PermitsConfig {
+    pub fn settings(&self) -> crate::permits::Settings {
+        crate::permits::Settings {
+            batch: i64::from(self.batch),
+            ttl: Duration::from_millis(self.lease_ttl_ms),
+            recheck: Duration::from_millis(self.recheck_ms),
+            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -195,6 +213,7 @@ impl Default for PermitsConfig {
             batch: 10,
             lease_ttl_ms: 5_000,
             recheck_ms: 250,
+            redis_timeout_ms: 100,
         }
     }
 }
@@ -321,6 +340,19 @@ impl Config {
         }
         if self.permits.recheck_ms == 0 || self.permits.recheck_ms > self.permits.lease_ttl_ms {
             return bad("permits.recheck_ms must be 1..=lease_ttl_ms".into());
+        }
+        if self.permits.redis_timeout_ms == 0
+            || self.permits.redis_timeout_ms * 2 > self.permits.lease_ttl_ms
+        {
+            return bad("permits.redis_timeout_ms must be 1..=lease_ttl_ms/2".into());
+        }
+        let node = &self.permits.node_id;
+        if node.len() > 64
+            || !node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return bad("permits.node_id must be at most 64 of A-Z a-z 0-9 - _ . :".into());
         }
         if self.permits.key_prefix.is_empty() || self.permits.key_prefix.contains(['{', '}']) {
             return bad("permits.key_prefix must be non-empty without braces".into());

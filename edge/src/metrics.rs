@@ -53,7 +53,7 @@ impl Metrics {
         let permits = IntCounterVec::new(
             Opts::new(
                 "edge_permits_total",
-                "Buy permits by item and what became of them (forwarded, refunded, dropped)",
+                "Buy permit units by item and what became of them (forwarded, spent, dropped, kept, void, lost, stale, expired, released)",
             ),
             &["item", "event"],
         )
@@ -103,23 +103,23 @@ impl Metrics {
         self.inner.rejections.with_label_values(&[reason]).inc();
     }
 
-    fn permit(&self, (r, i): ItemId, event: &str) {
+    /// Counts `n` permit units of `item` by what became of them:
+    /// `forwarded`, then `spent`, `dropped`, `kept`, `void`, `lost` (no
+    /// answer), `stale` (kept, but of an older lease); or `expired` (not
+    /// renewed in time), `released` (handed back idle), `redis_failed`.
+    pub fn permits(&self, (r, i): ItemId, event: &str, n: i64) {
+        if n <= 0 {
+            return;
+        }
         self.inner
             .permits
             .with_label_values(&[&format!("r{r}:i{i}"), event])
-            .inc();
+            .inc_by(n as u64);
     }
 
-    pub fn permit_forwarded(&self, item: ItemId) {
-        self.permit(item, "forwarded");
-    }
-
-    pub fn permit_refunded(&self, item: ItemId) {
-        self.permit(item, "refunded");
-    }
-
-    pub fn permit_dropped(&self, item: ItemId) {
-        self.permit(item, "dropped");
+    /// One event of `item` (see [`Metrics::permits`]).
+    pub fn permit(&self, item: ItemId, event: &str) {
+        self.permits(item, event, 1);
     }
 
     pub fn upstream(&self, backend: &str, elapsed: Duration) {

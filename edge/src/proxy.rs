@@ -2,8 +2,10 @@
 //! `request_filter` → [`clock`](crate::clock), [`static_files`], identity,
 //! [`access`](crate::access) (answers early or lets the request pass);
 //! `upstream_peer` / `fail_to_connect` → [`upstream`]; the response phases
-//! settle permits ([`permits`]); `logging` records metrics and the access
-//! log.
+//! settle permits ([`permits`]) from the backend's permit header (a buy
+//! carries its permits in `x-seckill-permit`; the edge strips that header
+//! from what clients send and from what they receive); `logging` records
+//! metrics and the access log.
 //!
 //! Retries: only connect failures are retried (on another backend), so a
 //! buy request that reached a backend is never replayed.
@@ -22,6 +24,7 @@ use pingora::{
     prelude::*,
     proxy::{FailToProxy, ProxyHttp, Session},
 };
+use seckill_proto::permit;
 use serde_json::json;
 
 use crate::{
@@ -29,7 +32,7 @@ use crate::{
     clock,
     identity::{IDENTITY_HEADERS, Identity, ROLE_HEADER, USER_HEADER},
     metrics::Metrics,
-    permits::{Permit, Permits},
+    permits::{Effect, Permit, Permits},
     static_files::{StaticFiles, StaticReply},
     upstream::{InFlight, Upstreams},
 };
@@ -344,12 +347,8 @@ impl Edge {
                 headers,
                 body,
             } => {
-                // Decided not to forward after all: the permit goes back.
-                if let Some(p) = &self.permits {
-                    for permit in ctx.permits.drain(..) {
-                        p.finish(permit, None);
-                    }
-                }
+                // Decided not to forward after all: the permits go back.
+                self.settle(ctx, Some(Effect::Kept));
                 ctx.answered = Some("access");
                 let reason = ctx.reason.clone().unwrap_or_else(|| status.to_string());
                 self.metrics.rejection(&reason);
@@ -372,10 +371,12 @@ impl Edge {
         }
     }
 
-    fn settle(&self, ctx: &mut Ctx, status: Option<u16>) {
+    /// Settles the request's permits with what the backend said became of
+    /// them (`None`: it did not say, or never answered).
+    fn settle(&self, ctx: &mut Ctx, effect: Option<Effect>) {
         if let Some(p) = &self.permits {
             for permit in ctx.permits.drain(..) {
-                p.finish(permit, status);
+                p.finish(permit, effect);
             }
         }
     }
@@ -475,6 +476,11 @@ impl ProxyHttp for Edge {
         for h in IDENTITY_HEADERS {
             upstream_request.remove_header(*h);
         }
+        // Only the edge names permits.
+        upstream_request.remove_header(permit::REQUEST_HEADER);
+        if let (Some(p), [one]) = (&self.permits, ctx.permits.as_slice()) {
+            upstream_request.insert_header(permit::REQUEST_HEADER, p.header(one))?;
+        }
         upstream_request.remove_header("x-forwarded-for");
         for h in &ctx.cleared_headers {
             upstream_request.remove_header(h.as_str());
@@ -513,7 +519,13 @@ impl ProxyHttp for Edge {
             self.metrics
                 .upstream(&self.upstreams.backend(up.index).label, start.elapsed());
         }
-        self.settle(ctx, Some(status));
+        let effect = upstream_response
+            .headers
+            .get(permit::RESPONSE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Effect::parse);
+        upstream_response.remove_header(permit::RESPONSE_HEADER);
+        self.settle(ctx, effect);
         Ok(())
     }
 
@@ -542,7 +554,15 @@ impl ProxyHttp for Edge {
             },
         };
         if ctx.upstream_status.is_none() {
-            self.settle(ctx, None);
+            // A request that never reached a backend changed nothing.
+            let never_sent = matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+            );
+            self.settle(ctx, never_sent.then_some(Effect::Kept));
         }
         if code > 0 {
             let body = error_body(code_for(code), "the sale service is unavailable, try again");

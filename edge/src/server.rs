@@ -52,6 +52,8 @@ impl BackgroundService for Background {
             }
         }
         if let Some(p) = self.permits.clone() {
+            // Connect before the first buyer needs it.
+            p.connect();
             let every = self.renew_every;
             let mut stop = shutdown.clone();
             tasks.spawn(async move {
@@ -80,6 +82,17 @@ fn node_id(cfg: &Config) -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "edge".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
     format!("{host}-{}", std::process::id())
 }
 
@@ -99,9 +112,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(node = %node, batch = cfg.permits.batch, "permits leased from Redis");
         Some(Permits::new(
             client,
-            cfg.permits.batch,
-            Duration::from_millis(cfg.permits.lease_ttl_ms),
-            Duration::from_millis(cfg.permits.recheck_ms),
+            cfg.permits.settings(),
             metrics.clone(),
         ))
     } else {

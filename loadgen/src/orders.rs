@@ -216,9 +216,9 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
                 }
                 let id = AttemptId::new(round, item_id, now);
                 let user = format!("bench-user-{n}");
-                let r = sale.reserve(&id, &user, 1, unix_ms(), "").await?;
+                let r = sale.reserve(&id, &user, 1, unix_ms(), "", None).await?;
                 anyhow::ensure!(
-                    matches!(r, ReserveOutcome::Reserved { .. }),
+                    matches!(r.outcome, ReserveOutcome::Reserved { .. }),
                     "reserve: {r:?}"
                 );
                 let msg = OrderMessage {

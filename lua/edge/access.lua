@@ -2,15 +2,18 @@
 -- (OpenResty's access_by_lua). In order, for buy requests:
 --   1. the node's token bucket        (limits.node,  429 rate_limited)
 --   2. the buyer's limit per window   (limits.user,  429 rate_limited)
---   3. a permit for the item          (410 sold_out, 429 while permits are
+--   3. permits for the units bought   (410 sold_out, 429 while permits are
 --      in flight elsewhere, 503 when Redis cannot be asked)
 -- Other API requests get a per-client limit (limits.api).
 --
 -- Seen from here: ngx.var.user_id / ngx.var.user_role (verified by the edge
 -- from the bearer token; empty when there is none), ngx.var.remote_addr
 -- (the client, trusted proxies resolved), seckill.token_bucket(key, rate,
--- burst) -> true | false, retry_ms, and seckill.permit(round, item) ->
--- "ok" | "off" | "sold_out" | "wait", retry_ms | "unknown" | "unavailable".
+-- burst) -> true | false, retry_ms, and seckill.permit(round, item, qty) ->
+-- "ok" | "off" | "sold_out" | "insufficient", units_left | "wait", retry_ms
+-- | "unknown" | "unavailable", retry_ms. The buy's `qty` is read from its
+-- JSON body (1 when absent); a body the backend would refuse is passed on
+-- with a permit for one unit, and the backend answers it.
 -- Setting ngx.var.seckill_reason names the rejection in the edge's metrics.
 local P = _EDGE_POLICY
 if not P then
@@ -82,12 +85,26 @@ if not ok then
     { retry_after_ms = math.max(1, math.ceil(ttl * 1000)) })
 end
 
--- 3. a permit for the item
-local verdict, retry_ms = seckill.permit(tonumber(m[1]), tonumber(m[2]))
+-- 3. permits for the units bought
+local qty = 1
+ngx.req.read_body()
+local data = ngx.req.get_body_data()
+if data and data ~= "" then
+  local ok, body = pcall(P.cjson.decode, data)
+  if ok and type(body) == "table" and type(body.qty) == "number"
+      and body.qty == math.floor(body.qty) and body.qty >= 1
+      and body.qty <= (limits.max_qty or 10) then
+    qty = body.qty
+  end
+end
+local verdict, retry_ms = seckill.permit(tonumber(m[1]), tonumber(m[2]), qty)
 if verdict == "ok" or verdict == "off" then
   return
 elseif verdict == "sold_out" then
   return reject(410, "sold_out", "sold_out", "sold out")
+elseif verdict == "insufficient" then
+  return reject(410, "sold_out", "insufficient", "only " .. retry_ms .. " unit(s) left",
+    { available = retry_ms })
 elseif verdict == "wait" then
   return reject(429, "rate_limited", "permit_wait", "all remaining units are being bought, try again",
     { retry_after_ms = retry_ms })
@@ -95,4 +112,4 @@ elseif verdict == "unknown" then
   return reject(404, "not_found", "unknown_item", "no such item on sale")
 end
 return reject(503, "unavailable", "permits_unavailable", "try again shortly",
-  { retry_after_ms = 1000 })
+  { retry_after_ms = retry_ms or 1000 })

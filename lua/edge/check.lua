@@ -31,4 +31,9 @@ positive(limits.user.count, "limits.user.count")
 positive(limits.user.window, "limits.user.window")
 positive(limits.api.count, "limits.api.count")
 positive(limits.api.window, "limits.api.window")
+local max_qty = limits.max_qty
+if max_qty ~= nil and (type(max_qty) ~= "number" or max_qty < 1 or max_qty > 1000
+    or max_qty ~= math.floor(max_qty)) then
+  error("limits.max_qty must be a whole number in 1..1000", 0)
+end
 return true

@@ -17,6 +17,12 @@ return {
   -- by user id when a token is present, else by the client address.
   api = { count = 50, window = 1 },
 
+  -- Most units one buy may ask for (10 when absent; at most the backend's
+  -- sale.max_qty); a buy
+  -- asking for more is passed on with a permit for one unit and refused
+  -- by the backend.
+  max_qty = 10,
+
   -- Buy requests must carry a valid bearer token (answered 401 otherwise).
   require_token = true,
 }

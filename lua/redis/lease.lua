@@ -1,130 +1,69 @@
--- lease.lua — lease buy permits of one item to an edge node, atomically.
+-- lease.lua — lease an item's buy permits to an edge node, atomically.
+-- (Prepended with permits.lua; the layout and the invariant are there.)
 --
--- KEYS[1] stock hash   (available, reserved, sold; written by preheat)
--- KEYS[2] permits hash (pool, base, consumed, returned)
--- KEYS[3] leases hash  (node -> permits it holds, as last reported)
--- KEYS[4] expiry hash  (node -> lease expiry, ms on Redis' clock)
--- ARGV: node, want, unused (permits the node still holds), spent (permits
---       turned into reservations since its last call), give_back (permits
---       refunded after the node's lease was void), void_back (permits the
---       node dropped because it thought its lease had expired), ttl_ms,
---       release ('1': the node leaves and hands everything back)
+-- KEYS[1] stock hash (available; written by preheat, changed by reserve,
+--         release, settle, restore)
+-- KEYS[2] leases, KEYS[3] lease_exp, KEYS[4] lease_gen
+-- ARGV: node, generation (of the lease the node believes it holds; '0' for
+--       none), want (permits to add), ttl_ms, mode:
+--         'lease'   renew the node's lease and add up to `want` permits
+--         'resync'  the node lost track of some of its permits (a buy it
+--                   forwarded got no answer): end its lease, whatever it
+--                   still holds goes back to the pool, start a new one
+--         'release' the node leaves: end its lease
 --
--- The pool starts at `available` on the first lease. Units that come back
--- to `available` later (cancelled orders) are added to the pool: the item
--- has used `reserved + sold` units; permits spent by nodes account for
--- `consumed + base` of them, so `consumed + base - used - returned` units
--- came back. Reports lag reality only in the safe direction (spent not yet
--- reported means fewer permits come back, never more).
+-- A node's lease continues only while the generation it names is the one
+-- Redis holds for it; otherwise (the lease expired and was reclaimed, or
+-- the node restarted) the old lease's units go back to the pool and a new
+-- lease starts: the node drops whatever it held under the old generation.
+-- Every unit a buy takes from a lease is taken by reserve.lua in the same
+-- step that reserves it, so a lease always holds exactly the node's unused
+-- permits: what a reclaimed lease gives back is exact, with no guesses.
 --
--- A lease whose expiry passed returns what it held to the pool, less what
--- the node evidently spent without reporting; a node whose lease was
--- reclaimed is told so (`void`) and drops what it held.
--- Every check happens before the first write (no rollback in scripts).
--- Reply: {'unknown'} or
---   {'ok', granted, pool, available, void (0/1), held_by_other_nodes}
-local stock, permits, leases, exps = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local node = ARGV[1]
-local want, unused = tonumber(ARGV[2]), tonumber(ARGV[3])
-local spent, give_back, void_back = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ttl, release = tonumber(ARGV[7]), ARGV[8] == '1'
+-- Reply: {'unknown'} (no counters: not on sale) or
+--   {'ok', granted, pool (after granting), available, generation ('0':
+--    none), held (the node's lease now), held_by_other_nodes}
+local stock, leases, exps, gens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local node, gen = ARGV[1], ARGV[2]
+local want, ttl, mode = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local s = redis.call('HMGET', stock, 'available', 'reserved', 'sold')
-if not s[1] then
+local available = redis.call('HGET', stock, 'available')
+if not available then
   return {'unknown'}
 end
-local available = tonumber(s[1])
-local used = (tonumber(s[2]) or 0) + (tonumber(s[3]) or 0)
+available = tonumber(available)
 
-local p = redis.call('HMGET', permits, 'pool', 'base', 'consumed', 'returned')
-local pool, base, consumed, returned
-if not p[1] then
-  pool, base, consumed, returned = available, used, 0, 0
-else
-  pool, base = tonumber(p[1]), tonumber(p[2])
-  consumed, returned = tonumber(p[3]), tonumber(p[4])
-end
-consumed = consumed + spent
-pool = pool + give_back
-
--- Units reserved that no report accounts for yet: spends not reported
--- (by live nodes, or by a dead node that never will), or reservations made
--- without the edge.
-local unaccounted = used - (consumed + base - returned)
-
--- Reclaim expired leases (this node's included); note whether ours lives.
--- A dead node's holding may include permits it spent without reporting:
--- credit it with up to `unaccounted` of them, so they do not come back as
--- free permits. If the guess was wrong (a live node's unreported spends),
--- that node's next report makes `back` below positive and refills the pool.
-local mine_live = false
-local others = 0
-local all = redis.call('HGETALL', exps)
-local expired = {}
-for i = 1, #all, 2 do
-  local n, exp = all[i], tonumber(all[i + 1])
-  if exp <= now then
-    local held = tonumber(redis.call('HGET', leases, n)) or 0
-    local credit = math.max(0, math.min(held, unaccounted))
-    consumed = consumed + credit
-    unaccounted = unaccounted - credit
-    pool = pool + held - credit
-    expired[#expired + 1] = n
-  elseif n == node then
-    mine_live = true
-  else
-    others = others + (tonumber(redis.call('HGET', leases, n)) or 0)
-  end
+local now = redis_now()
+local total, mine = live_leases(leases, exps, gens, now, node)
+local current = redis.call('HGET', gens, node)
+if current and not (mode == 'lease' and current == gen) then
+  drop_lease(leases, exps, gens, node)
+  total = total - mine
+  mine = 0
+  current = false
 end
 
--- Units that came back to `available` (cancelled orders) become permits.
-local back = consumed + base - used - returned
-if back > 0 then
-  pool = pool + back
-  returned = returned + back
-end
-
-local void = 0
-local holding = 0
-if mine_live then
-  -- What we dropped ourselves was still ours in Redis: back to the pool.
-  pool = pool + void_back
-  holding = unused
-else
-  -- Our lease was reclaimed (or we never had one): what we hold is void.
-  if unused > 0 then
-    void = 1
-  end
-end
-
+local others = total - mine
+local pool = available - total
 local granted = 0
-if release then
-  pool = pool + holding
-  holding = 0
-else
+if mode ~= 'release' and pool > 0 then
   granted = math.min(want, pool)
-  if granted < 0 then
-    granted = 0
+end
+local held = mine + granted
+local g = '0'
+if held > 0 then
+  if current then
+    g = current
+  else
+    local seq = tonumber(redis.call('HGET', gens, '#seq')) or 0
+    g = string.format('%.0f', math.max(seq + 1, now))
+    redis.call('HSET', gens, '#seq', g)
   end
-  pool = pool - granted
-  holding = holding + granted
-end
-
--- Writes.
-for _, n in ipairs(expired) do
-  redis.call('HDEL', leases, n)
-  redis.call('HDEL', exps, n)
-end
-if holding > 0 then
-  redis.call('HSET', leases, node, holding)
+  redis.call('HSET', leases, node, held)
   redis.call('HSET', exps, node, now + ttl)
-else
-  redis.call('HDEL', leases, node)
-  redis.call('HDEL', exps, node)
+  redis.call('HSET', gens, node, g)
+elseif current then
+  -- Nothing left in it: the lease ends (the next one is a new generation).
+  drop_lease(leases, exps, gens, node)
 end
-redis.call('HSET', permits, 'pool', pool, 'base', base, 'consumed', consumed,
-  'returned', returned)
-return {'ok', granted, pool, available, void, others}
+return {'ok', granted, math.max(0, pool - granted), available, g, held, others}

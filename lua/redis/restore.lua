@@ -4,7 +4,8 @@
 -- `reconcile --repair`). (Prepended with guard.lua.)
 --
 -- KEYS[1] stock hash, KEYS[2] buyers hash, KEYS[3] in-flight set,
--- KEYS[4] the item's rebuild lock, KEYS[5..] one attempt hash per order
+-- KEYS[4] the item's rebuild lock, KEYS[5..7] the edge leases, lease_exp
+-- and lease_gen hashes (permits.lua), KEYS[8..] one attempt hash per order
 -- (same hash tag)
 -- ARGV[1] mode: 'verify' (only when the counters are missing or were not
 --         verified by this server) or 'overwrite' (always)
@@ -21,6 +22,9 @@
 -- `writing`, without an order) are counted here, in the same atomic step
 -- that writes the counters, so reservations made while the caller read the
 -- database are never lost.
+-- Edge leases are ended with the counters they were leased from (a server
+-- restarted from a snapshot brings back leases that no longer match what
+-- the nodes hold): nodes see their permits void and lease anew.
 -- Replies {written (1|0), available, reserved, sold, in_flight, over}:
 -- `over` > 0 when the database holds more units than the stock.
 local stock, buyers, inflight, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -39,7 +43,7 @@ local ordered = {}
 local n = (#ARGV - 10) / 9
 for i = 0, n - 1 do
   local b = 11 + i * 9
-  local key = KEYS[5 + i]
+  local key = KEYS[8 + i]
   ordered[ARGV[b]] = true
   redis.call('DEL', key)
   redis.call('HSET', key, 'user', ARGV[b + 1], 'qty', ARGV[b + 2],
@@ -75,5 +79,11 @@ redis.call('HSET', stock, 'total', total, 'available', available,
   'reserved', reserved, 'sold', sold, 'starts_ms', ARGV[7],
   'ends_ms', ARGV[8], 'per_user_limit', ARGV[9], 'price_cents', ARGV[10],
   'verified', run)
+-- The lease generation counter stays, so new leases never reuse one.
+local seq = redis.call('HGET', KEYS[7], '#seq')
+redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+if seq then
+  redis.call('HSET', KEYS[7], '#seq', seq)
+end
 redis.call('DEL', lock)
 return {1, available, reserved, sold, in_flight, over}

@@ -52,13 +52,16 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf 
 redis_bench_reserve() {
   local prefix="$1" n="$2" c="$3" secs="$4" csv="$5"
   local base="$prefix:{r1:i1}" sha run_id
-  # The backend loads reserve.lua with guard.lua's helpers prepended.
-  sha=$(cat "$ROOT/lua/redis/guard.lua" "$ROOT/lua/redis/reserve.lua" | redis-cli -p 6379 -x script load)
+  # The backend loads reserve.lua with guard.lua's and permits.lua's helpers
+  # prepended.
+  sha=$(cat "$ROOT/lua/redis/guard.lua" "$ROOT/lua/redis/permits.lua" "$ROOT/lua/redis/reserve.lua" |
+    redis-cli -p 6379 -x script load)
   run_id=$(redis-cli -p 6379 info server | tr -d '\r' | awk -F: '$1 == "run_id" { print $2 }')
   redis-cli -p 6379 hset "$base:stock" total 10000000 available 10000000 reserved 0 sold 0 \
     starts_ms 0 ends_ms 99999999999999 per_user_limit 1 price_cents 100 verified "$run_id" >/dev/null
   timeout $((secs + 20)) redis-benchmark -p 6379 -n "$n" -c "$c" -r 1000000000 --csv \
-    evalsha "$sha" 4 "$base:stock" "$base:buyers" "$base:attempt:bench" "$base:inflight" \
-    "user:__rand_int__" 1 "$(date +%s%3N)" "1-1-bench" "bench" "$base:attempt:" >"$csv"
+    evalsha "$sha" 7 "$base:stock" "$base:buyers" "$base:attempt:bench" "$base:inflight" \
+    "$base:leases" "$base:lease_exp" "$base:lease_gen" \
+    "user:__rand_int__" 1 "$(date +%s%3N)" "1-1-bench" "bench" "$base:attempt:" "" 0 0 >"$csv"
   tail -1 "$csv" | awk -F'","' '{ gsub(/"/, "", $2); print $2 }'
 }

@@ -17,6 +17,12 @@
 //! Items whose counters Redis lost, or brought back from older data after a
 //! restart, are rebuilt from the database before anything is sold from
 //! them (see [`super::rebuild`]).
+//!
+//! A buy forwarded by an edge carries the edge's permits for its units
+//! ([`EdgePermit`]); the reserve script takes them out of the edge's lease
+//! in the same step, and the buy reports what it did to them ([`Effect`])
+//! so the edge can settle its count. `None` means the buy cannot tell (the
+//! reserve's reply was lost).
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,11 +32,20 @@ use super::{
     Lifecycle,
     rebuild::{self, Ensured},
 };
+use seckill_proto::permit::{EdgePermit, Effect};
+
 use crate::{
     domain::{AttemptId, AttemptStatus, attempt::reason},
     queue::{OrderMessage, Publisher},
-    store::{StoreError, sale::ReserveOutcome},
+    store::{
+        StoreError,
+        sale::{ReserveOutcome, Reserved},
+    },
 };
+
+/// How long a buyer refused with `held` is asked to wait: the leased units
+/// are either bought or back in the pool within moments.
+const HELD_RETRY_MS: u64 = 250;
 
 /// How long a buy waits for another node's rebuild of the item.
 const REBUILD_WAIT: Duration = Duration::from_millis(2_000);
@@ -45,6 +60,16 @@ pub struct Buy {
     pub qty: i64,
     /// `""` when the client sent none.
     pub idempotency_key: String,
+    /// The edge permits the request carries, if it came through an edge.
+    pub permit: Option<EdgePermit>,
+}
+
+/// A buy's end, and what it did to the edge permit it carried (`None`: it
+/// carried none, or the buy cannot tell).
+#[derive(Debug)]
+pub struct BuyResult {
+    pub outcome: Result<Bought, BuyError>,
+    pub permit: Option<Effect>,
 }
 
 /// A buy that holds units.
@@ -78,6 +103,8 @@ pub enum BuyError {
     SoldOut,
     #[error("only {available} unit(s) left")]
     Insufficient { available: i64 },
+    #[error("every free unit is held for buyers on their way")]
+    Held { retry_after_ms: u64 },
     #[error("the sale's state is being rebuilt")]
     Rebuilding,
     #[error("the order queue did not confirm the order")]
@@ -87,25 +114,32 @@ pub enum BuyError {
 }
 
 /// Runs one buy to its end on a task of its own.
-pub async fn buy(
-    lc: Arc<Lifecycle>,
-    publisher: Arc<Publisher>,
-    req: Buy,
-) -> Result<Bought, BuyError> {
-    let task = tokio::spawn(async move { run(&lc, &publisher, &req).await });
+pub async fn buy(lc: Arc<Lifecycle>, publisher: Arc<Publisher>, req: Buy) -> BuyResult {
+    let task = tokio::spawn(async move {
+        let mut permit = None;
+        let outcome = run(&lc, &publisher, &req, &mut permit).await;
+        BuyResult { outcome, permit }
+    });
     match task.await {
         Ok(r) => r,
-        Err(e) => Err(BuyError::Store(StoreError::Protocol(format!(
-            "buy task failed: {e}"
-        )))),
+        Err(e) => BuyResult {
+            outcome: Err(BuyError::Store(StoreError::Protocol(format!(
+                "buy task failed: {e}"
+            )))),
+            permit: None,
+        },
     }
 }
 
-async fn run(lc: &Arc<Lifecycle>, publisher: &Publisher, req: &Buy) -> Result<Bought, BuyError> {
+async fn run(
+    lc: &Arc<Lifecycle>,
+    publisher: &Publisher,
+    req: &Buy,
+    permit: &mut Option<Effect>,
+) -> Result<Bought, BuyError> {
     let now = lc.clock.now_ms();
     let id = AttemptId::new(req.round_id, req.item_id, now);
-    let outcome = reserve_verified(lc, &id, req, now).await?;
-    let price_cents = match outcome {
+    let price_cents = match reserve_verified(lc, &id, req, now, permit).await? {
         ReserveOutcome::Reserved { price_cents } => price_cents,
         ReserveOutcome::Duplicate { attempt_id, status } => {
             let status = AttemptStatus::from_redis(&status).unwrap_or(AttemptStatus::Queued);
@@ -128,6 +162,11 @@ async fn run(lc: &Arc<Lifecycle>, publisher: &Publisher, req: &Buy) -> Result<Bo
         ReserveOutcome::SoldOut => return Err(BuyError::SoldOut),
         ReserveOutcome::Insufficient { available } => {
             return Err(BuyError::Insufficient { available });
+        }
+        ReserveOutcome::Held { .. } => {
+            return Err(BuyError::Held {
+                retry_after_ms: HELD_RETRY_MS,
+            });
         }
         ReserveOutcome::Stale => return Err(BuyError::Rebuilding),
     };
@@ -171,30 +210,44 @@ async fn reserve_verified(
     id: &AttemptId,
     req: &Buy,
     now: i64,
+    permit: &mut Option<Effect>,
 ) -> Result<ReserveOutcome, BuyError> {
     let deadline = Instant::now() + REBUILD_WAIT;
     loop {
         let start = std::time::Instant::now();
         let outcome = lc
             .sale
-            .reserve(id, &req.user, req.qty, now, &req.idempotency_key)
+            .reserve(
+                id,
+                &req.user,
+                req.qty,
+                now,
+                &req.idempotency_key,
+                req.permit.as_ref(),
+            )
             .await;
         metrics::histogram!("seckill_reserve_seconds").record(start.elapsed().as_secs_f64());
-        let outcome = match outcome {
+        let Reserved {
+            outcome,
+            permit: effect,
+        } = match outcome {
             Ok(o) => o,
             Err(e) => {
                 // The script may have run and its reply been lost: take
-                // back whatever it reserved once Redis answers.
+                // back whatever it reserved once Redis answers. What it
+                // did to the permit is unknown.
+                *permit = None;
                 release_later(lc.clone(), id.clone());
                 return Err(e.into());
             }
         };
+        *permit = effect;
         if !matches!(outcome, ReserveOutcome::Unknown | ReserveOutcome::Stale) {
             return Ok(outcome);
         }
         // Never sell from missing or unverified counters: rebuild first.
         match rebuild::ensure_item(lc, req.round_id, req.item_id).await? {
-            Ensured::NotOnSale => return Ok(ReserveOutcome::Unknown),
+            Ensured::NotOnSale => return Ok(outcome),
             Ensured::Ready => {}
             Ensured::Busy => {
                 // Another node is rebuilding it: wait for its lock to go.

@@ -1,12 +1,19 @@
 //! `POST /api/rounds/{round_id}/items/{item_id}/buy`: validates the request
 //! and maps the buy's outcome ([`crate::lifecycle::buy`]) to HTTP.
+//!
+//! A buy forwarded by an edge names its permits in
+//! [`permit::REQUEST_HEADER`]; every answer to such a buy says in
+//! [`permit::RESPONSE_HEADER`] what happened to them (`kept` when the buy
+//! was refused before reaching Redis), except when that is unknown (the
+//! reserve's reply was lost): the edge then renews its lease instead.
 
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use seckill_proto::permit::{self, EdgePermit, Effect};
 use serde_json::{Map, json};
 
 use super::{
@@ -30,15 +37,25 @@ pub async fn buy(
     Path((round, item)): Path<(String, String)>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<BuyBody>,
-) -> Result<Response, ApiError> {
-    let result = buy_inner(&st, &caller, &round, &item, &headers, body).await;
+) -> Response {
+    let carried = headers.contains_key(permit::REQUEST_HEADER);
+    // Refused before the reserve ran: the permits are untouched.
+    let mut effect = Some(Effect::Kept);
+    let result = buy_inner(&st, &caller, &round, &item, &headers, body, &mut effect).await;
     let outcome = match &result {
         Ok(r) if r.status() == StatusCode::ACCEPTED => "reserved",
         Ok(_) => "duplicate",
         Err(e) => e.code(),
     };
     metrics::counter!("seckill_buy_total", "outcome" => outcome).increment(1);
-    result
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    if let (true, Some(e)) = (carried, effect) {
+        resp.headers_mut().insert(
+            permit::RESPONSE_HEADER,
+            HeaderValue::from_static(e.as_str()),
+        );
+    }
+    resp
 }
 
 async fn buy_inner(
@@ -48,7 +65,17 @@ async fn buy_inner(
     item: &str,
     headers: &HeaderMap,
     body: Option<BuyBody>,
+    effect: &mut Option<Effect>,
 ) -> Result<Response, ApiError> {
+    let permit = match headers.get(permit::REQUEST_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(EdgePermit::parse).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{} must be <node>;<generation>;<units>",
+                permit::REQUEST_HEADER
+            ))
+        })?),
+    };
     let round_id = path_id(round)?;
     let item_id = path_id(item)?;
     let req = BuyRequest::parse(
@@ -75,8 +102,11 @@ async fn buy_inner(
         user: claims.sub.clone(),
         qty: req.qty,
         idempotency_key,
+        permit,
     };
-    match buy::buy(st.lifecycle.clone(), st.publisher.clone(), req).await {
+    let done = buy::buy(st.lifecycle.clone(), st.publisher.clone(), req).await;
+    *effect = done.permit;
+    match done.outcome {
         Ok(Bought::Accepted { attempt_id }) => {
             tracing::Span::current().record("attempt_id", attempt_id.as_str());
             Ok((
@@ -129,6 +159,10 @@ fn refusal(e: BuyError) -> ApiError {
             extra.insert("available".into(), json!(available));
             ApiError::SoldOut(format!("only {available} unit(s) left"), extra)
         }
+        BuyError::Held { retry_after_ms } => ApiError::RateLimited {
+            message: "all remaining units are being bought, try again".into(),
+            retry_after_ms,
+        },
         BuyError::Rebuilding => {
             ApiError::Unavailable("the sale's state is being rebuilt; try again in a moment".into())
         }

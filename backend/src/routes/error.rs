@@ -47,6 +47,11 @@ pub enum ApiError {
     PaymentDeclined(String),
     #[error("{0}")]
     PaymentPending(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -71,6 +76,7 @@ impl ApiError {
             Self::Conflict(_) | Self::ConflictWith { .. } => e::CONFLICT,
             Self::PaymentDeclined(_) => e::PAYMENT_DECLINED,
             Self::PaymentPending(_) => e::PAYMENT_PENDING,
+            Self::RateLimited { .. } => e::RATE_LIMITED,
             Self::Unavailable(_) => e::UNAVAILABLE,
             Self::Internal(_) => e::INTERNAL,
         }
@@ -90,6 +96,7 @@ impl ApiError {
             Self::Conflict(_) | Self::ConflictWith { .. } => StatusCode::CONFLICT,
             Self::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
             Self::PaymentPending(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -137,6 +144,16 @@ impl IntoResponse for ApiError {
             | Self::ConflictWith { extra, .. } => {
                 body.extend(extra.clone());
             }
+            Self::RateLimited { retry_after_ms, .. } => {
+                body.insert("retry_after_ms".into(), json!(retry_after_ms));
+                let secs = retry_after_ms.div_ceil(1000).max(1).to_string();
+                return (
+                    self.status(),
+                    [(axum::http::header::RETRY_AFTER, secs)],
+                    Json(Value::Object(body)),
+                )
+                    .into_response();
+            }
             _ => {}
         }
         (self.status(), Json(Value::Object(body))).into_response()
@@ -170,6 +187,10 @@ mod tests {
             },
             ApiError::PaymentDeclined(String::new()),
             ApiError::PaymentPending(String::new()),
+            ApiError::RateLimited {
+                message: String::new(),
+                retry_after_ms: 1,
+            },
             ApiError::Unavailable(String::new()),
             ApiError::Internal(String::new()),
         ];

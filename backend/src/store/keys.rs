@@ -11,6 +11,9 @@
 //!   holding units, for attempts on their way (`queued`, `writing`) whose
 //!   order is not written yet
 //! - `<prefix>:{r1:i2}:lock:<name>` — a short exclusive lock (rebuilds)
+//! - `<prefix>:{r1:i2}:leases`, `:lease_exp`, `:lease_gen` — hashes: the
+//!   edge nodes' permit leases (`lua/redis/permits.lua`; the edge leases
+//!   with the same keys)
 
 /// Builds the keys of one item.
 #[derive(Clone, Debug)]
@@ -21,7 +24,7 @@ pub struct ItemKeys {
 impl ItemKeys {
     pub fn new(prefix: &str, round_id: i64, item_id: i64) -> Self {
         Self {
-            base: format!("{prefix}:{{r{round_id}:i{item_id}}}"),
+            base: seckill_proto::permit::item_base(prefix, round_id, item_id),
         }
     }
 
@@ -35,6 +38,18 @@ impl ItemKeys {
 
     pub fn buyers(&self) -> String {
         format!("{}:buyers", self.base)
+    }
+
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.base)
+    }
+
+    pub fn lease_exp(&self) -> String {
+        format!("{}:lease_exp", self.base)
+    }
+
+    pub fn lease_gen(&self) -> String {
+        format!("{}:lease_gen", self.base)
     }
 
     pub fn inflight(&self) -> String {
@@ -75,6 +90,9 @@ mod tests {
             k.info(),
             k.buyers(),
             k.inflight(),
+            k.leases(),
+            k.lease_exp(),
+            k.lease_gen(),
             k.rebuild_lock(),
             k.attempt("a"),
         ] {

@@ -20,6 +20,8 @@ use redis::{
 };
 use serde::Serialize;
 
+use seckill_proto::permit::{EdgePermit, Effect};
+
 use super::{StoreError, keys::ItemKeys};
 use crate::domain::AttemptId;
 
@@ -33,7 +35,11 @@ macro_rules! guarded {
     };
 }
 
-const RESERVE: &str = guarded!("reserve.lua");
+const RESERVE: &str = concat!(
+    include_str!("../../../lua/redis/guard.lua"),
+    include_str!("../../../lua/redis/permits.lua"),
+    include_str!("../../../lua/redis/reserve.lua")
+);
 const RELEASE: &str = include_str!("../../../lua/redis/release.lua");
 const CLAIM: &str = include_str!("../../../lua/redis/claim.lua");
 const MARK_ORDERED: &str = guarded!("mark_ordered.lua");
@@ -100,9 +106,22 @@ pub enum ReserveOutcome {
     Insufficient {
         available: i64,
     },
+    /// Units are available, but every free one is leased to edge nodes
+    /// whose buyers are on their way (the buy carried no live permit).
+    Held {
+        free: i64,
+    },
     /// The counters were not verified by the running Redis server (it
     /// restarted, or the database refused an order): rebuild first.
     Stale,
+}
+
+/// The reserve script's answer: its decision, and what it did to the edge
+/// permit the buy carried (`None` when it carried none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub outcome: ReserveOutcome,
+    pub permit: Option<Effect>,
 }
 
 /// An item's counters; `available + reserved + sold == total` always.
@@ -307,24 +326,28 @@ impl SaleStore {
         qty: i64,
         now_ms: i64,
         idempotency_key: &str,
-    ) -> Result<ReserveOutcome, StoreError> {
+        permit: Option<&EdgePermit>,
+    ) -> Result<Reserved, StoreError> {
         let k = self.keys(id.round_id, id.item_id);
         let attempt_id = id.to_string();
-        let reply: Vec<String> = self
-            .scripts
-            .reserve
-            .key(k.stock())
-            .key(k.buyers())
+        let mut inv = self.scripts.reserve.key(k.stock());
+        inv.key(k.buyers())
             .key(k.attempt(&attempt_id))
             .key(k.inflight())
+            .key(k.leases())
+            .key(k.lease_exp())
+            .key(k.lease_gen())
             .arg(user)
             .arg(qty)
             .arg(now_ms)
             .arg(&attempt_id)
             .arg(idempotency_key)
-            .arg(k.attempt_prefix())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(k.attempt_prefix());
+        match permit {
+            Some(p) => inv.arg(&p.node).arg(p.generation).arg(p.units),
+            None => inv.arg("").arg(0).arg(0),
+        };
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
         parse_reserve(&reply)
     }
 
@@ -491,7 +514,12 @@ impl SaleStore {
     ) -> Result<Restored, StoreError> {
         let k = self.keys(r.round_id, r.item_id);
         let mut inv = self.scripts.restore.key(k.stock());
-        inv.key(k.buyers()).key(k.inflight()).key(k.rebuild_lock());
+        inv.key(k.buyers())
+            .key(k.inflight())
+            .key(k.rebuild_lock())
+            .key(k.leases())
+            .key(k.lease_exp())
+            .key(k.lease_gen());
         for a in &r.attempts {
             inv.key(k.attempt(&a.attempt_id));
         }
@@ -737,13 +765,18 @@ impl SaleStore {
     }
 }
 
-fn parse_reserve(reply: &[String]) -> Result<ReserveOutcome, StoreError> {
-    let bad = || StoreError::Protocol(format!("reserve: {reply:?}"));
+fn parse_reserve(full: &[String]) -> Result<Reserved, StoreError> {
+    let bad = || StoreError::Protocol(format!("reserve: {full:?}"));
+    let (effect, reply) = full.split_last().ok_or_else(bad)?;
+    let permit = match effect.as_str() {
+        "" => None,
+        e => Some(Effect::parse(e).ok_or_else(bad)?),
+    };
     let num = |i: usize| -> Result<i64, StoreError> {
         reply.get(i).and_then(|v| v.parse().ok()).ok_or_else(bad)
     };
     let s = |i: usize| -> Result<String, StoreError> { reply.get(i).cloned().ok_or_else(bad) };
-    Ok(match reply.first().map(String::as_str) {
+    let outcome = match reply.first().map(String::as_str) {
         Some("reserved") => ReserveOutcome::Reserved {
             price_cents: num(2)?,
         },
@@ -761,7 +794,9 @@ fn parse_reserve(reply: &[String]) -> Result<ReserveOutcome, StoreError> {
         Some("ended") => ReserveOutcome::Ended,
         Some("sold_out") => ReserveOutcome::SoldOut,
         Some("insufficient") => ReserveOutcome::Insufficient { available: num(1)? },
+        Some("held") => ReserveOutcome::Held { free: num(1)? },
         Some("stale") => ReserveOutcome::Stale,
         _ => return Err(bad()),
-    })
+    };
+    Ok(Reserved { outcome, permit })
 }

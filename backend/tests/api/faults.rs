@@ -253,7 +253,11 @@ async fn a_rebuild_keeps_reservations_made_while_it_read_the_database() {
     // Meanwhile a buyer reserves.
     let now = app.now_ms();
     let id = AttemptId::new(round_id, item_id, now);
-    let r = sale.reserve(&id, "meanwhile", 1, now, "").await.unwrap();
+    let r = sale
+        .reserve(&id, "meanwhile", 1, now, "", None)
+        .await
+        .unwrap()
+        .outcome;
     assert!(matches!(r, ReserveOutcome::Reserved { .. }), "{r:?}");
     // And a settlement that follows a database decision waits for it.
     let settle = {
@@ -311,9 +315,10 @@ async fn a_reservation_left_queued_without_a_message_is_resolved_by_the_sweep() 
     let r = app
         .state
         .sale
-        .reserve(&id, "ghost", 1, now, "")
+        .reserve(&id, "ghost", 1, now, "", None)
         .await
-        .unwrap();
+        .unwrap()
+        .outcome;
     assert!(matches!(r, ReserveOutcome::Reserved { .. }), "{r:?}");
     let t = app.token("ghost", Role::Buyer);
     let f = app.poll_final(&id.to_string(), &t).await;

@@ -1,14 +1,35 @@
-//! Per-item buy permits: the edge forwards a buy request only while it holds
-//! a permit for the item, so the requests forwarded by all nodes never
-//! exceed the stock (plus permits handed back after failed attempts).
+//! Per-item buy permits: the edge forwards a buy only with permits for all
+//! its units, so the buys forwarded by all nodes never exceed the units no
+//! other node holds.
 //!
-//! Permits are leased from Redis in batches by `lua/redis/lease.lua` and
-//! kept in memory; taking one is a mutex and a decrement. A permit whose
-//! request did not end in a reservation (anything but 202) goes back to the
-//! node's pool, except after a 410 (the backend found nothing left). When
-//! Redis has nothing to lease the item is answered at the edge for
-//! `recheck_ms` before Redis is asked again, so stock that comes back (a
-//! cancelled order) is sold again.
+//! Permits are leased from Redis in batches (`lua/redis/lease.lua`) and kept
+//! in memory; taking some is a mutex and a subtraction. A forwarded buy
+//! names its permits (node, lease generation, units) in a request header;
+//! the backend's `reserve.lua` takes them out of this node's lease in the
+//! same step that reserves the units, and the answer says what it did
+//! ([`Effect`]). So Redis always knows exactly what each node holds, in its
+//! hand or in flight, and never depends on what a node reports:
+//!
+//! - `spent` / `dropped`: the units left the lease; the node forgets them;
+//! - `kept`: the lease is unchanged; the permits go back to the hand;
+//! - `void`, or no answer at all (a timeout, a lost connection): the node
+//!   cannot know, so at the next renewal it ends its lease and starts a new
+//!   one ([`Mode::Resync`]); whatever the old one still held goes back to
+//!   the pool exactly, and late buys naming it are treated as carrying no
+//!   permit.
+//!
+//! The invariant Redis keeps for each item (`lua/redis/permits.lua`):
+//! `pool + units held by leases + reserved + sold = total`, with the pool
+//! computed as `available - units held by leases`; a lease that is not
+//! renewed (its node died, or cannot reach Redis) expires and its units are
+//! in the pool again, and an idle node hands its lease back, so once no one
+//! is buying, `pool == available`.
+//!
+//! Redis being away costs buyers nothing but a fast answer: calls on the
+//! request path have a short deadline (`permits.redis_timeout_ms`), only
+//! one buy at a time probes a Redis that failed (the others are answered
+//! `Unavailable` at once), and a node that cannot renew stops using its
+//! permits before Redis could hand them to someone else.
 //!
 //! This module does not decide policy (the Lua access script calls
 //! [`Permits::acquire`]) and never talks to the backend.
@@ -17,11 +38,15 @@ mod lease;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-pub use lease::{LeaseClient, LeaseReply};
+pub use lease::{LEASE_LUA, LeaseCall, LeaseClient, LeaseError, LeaseReply, Mode};
+pub use seckill_proto::permit::{EdgePermit, Effect};
 
 use crate::metrics::Metrics;
 
@@ -31,58 +56,112 @@ pub type ItemId = (i64, i64);
 /// What the access phase is told about one buy request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A permit was taken: forward the request.
+    /// Permits were taken: forward the request.
     Granted(Permit),
     /// Nothing left in stock: answer 410 at the edge.
     SoldOut,
+    /// Fewer units left than asked for.
+    Insufficient(i64),
     /// Stock remains but every permit is held by requests in flight or by
     /// other nodes: ask the client to retry after this many ms.
     Wait(u64),
     /// The item is not on sale (no counters in Redis).
     Unknown,
-    /// Redis could not be asked.
-    Unavailable,
+    /// Redis could not be asked: retry after this many ms.
+    Unavailable(u64),
 }
 
-/// A permit held by one forwarded request. Hand it back with
-/// [`Permits::finish`] once the backend's status is known.
+/// Permits held by one forwarded request. Settle them with
+/// [`Permits::finish`] once the backend's answer is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permit {
     pub item: ItemId,
-    generation: u64,
+    pub generation: u64,
+    pub units: i64,
+}
+
+/// Tuning, from `[permits]` in the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Permits leased at a time.
+    pub batch: i64,
+    /// Lease lifetime in Redis.
+    pub ttl: Duration,
+    /// How long "sold out" or "no permit free" is believed.
+    pub recheck: Duration,
+    /// Deadline of a call on the request path.
+    pub redis_timeout: Duration,
 }
 
 /// The node-local state of one item.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Local {
-    /// Permits in hand.
-    held: i64,
-    /// Bumped whenever the lease is void; permits of an older generation are
-    /// given back to Redis instead of the local pool.
+    /// The generation of our lease (0: none).
     generation: u64,
+    /// Permits in hand.
+    hand: i64,
+    /// Units of this generation in buys forwarded and not yet answered.
+    in_flight: i64,
     /// Our lease is believed valid until then (a margin before Redis'
     /// expiry).
     valid_until: Option<Instant>,
-    /// Permits that became reservations since the last report.
-    spent: i64,
-    /// Refunds of permits from a void lease, for the pool.
-    give_back: i64,
-    /// Permits dropped because the lease looked expired.
-    void_back: i64,
+    /// A buy of this generation ended without telling what it did: end the
+    /// lease and start a new one.
+    resync: bool,
+    /// Last time a buy asked for the item (idle leases are handed back).
+    last_used: Instant,
     /// Answer without Redis until then.
     blocked: Option<(Instant, Block)>,
+}
+
+impl Local {
+    fn new() -> Self {
+        Self {
+            generation: 0,
+            hand: 0,
+            in_flight: 0,
+            valid_until: None,
+            resync: false,
+            last_used: Instant::now(),
+            blocked: None,
+        }
+    }
+
+    fn holds_lease(&self) -> bool {
+        self.generation != 0 || self.resync
+    }
+
+    /// Forgets the lease (its units are Redis' to reclaim).
+    fn forget(&mut self) -> i64 {
+        let dropped = self.hand;
+        self.generation = 0;
+        self.hand = 0;
+        self.in_flight = 0;
+        self.valid_until = None;
+        self.resync = false;
+        dropped
+    }
+
+    fn call(&self, want: i64) -> (Mode, u64, i64) {
+        if self.resync {
+            (Mode::Resync, 0, want)
+        } else {
+            (Mode::Lease, self.generation, want)
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Block {
     SoldOut,
+    Insufficient(i64),
     Wait,
-    Unavailable,
 }
 
 struct Item {
     local: Mutex<Local>,
-    /// One lease call at a time per item; others wait for its result.
+    /// One lease call at a time per item; others wait for its result (at
+    /// most the request deadline).
     refill: tokio::sync::Mutex<()>,
 }
 
@@ -99,34 +178,62 @@ struct Inner {
     /// apart, bounded, and forgotten after `recheck`, so random ids can
     /// neither grow `items` nor reach Redis more than once per recheck.
     unknown: moka::sync::Cache<ItemId, ()>,
-    batch: i64,
-    ttl: Duration,
-    recheck: Duration,
+    settings: Settings,
+    /// Redis failed the last call: only one probe at a time until it
+    /// answers again.
+    down: AtomicBool,
+    probing: AtomicBool,
     metrics: Metrics,
 }
 
+/// Clears the probe flag when the probe ends, however it ends.
+struct Probe<'a>(Option<&'a AtomicBool>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0 {
+            f.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl Permits {
-    pub fn new(
-        client: LeaseClient,
-        batch: u32,
-        ttl: Duration,
-        recheck: Duration,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(client: LeaseClient, settings: Settings, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
                 items: Mutex::new(HashMap::new()),
                 unknown: moka::sync::Cache::builder()
                     .max_capacity(100_000)
-                    .time_to_live(recheck)
+                    .time_to_live(settings.recheck)
                     .build(),
-                batch: i64::from(batch),
-                ttl,
-                recheck,
+                settings,
+                down: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
                 metrics,
             }),
         }
+    }
+
+    /// Starts connecting to Redis (in the background; buyers never wait
+    /// on it for longer than their deadline).
+    pub fn connect(&self) {
+        self.inner.client.start_connecting();
+    }
+
+    /// This node's name in the lease table.
+    pub fn node(&self) -> &str {
+        self.inner.client.node()
+    }
+
+    /// The request header naming `permit`.
+    pub fn header(&self, permit: &Permit) -> String {
+        EdgePermit {
+            node: self.node().to_owned(),
+            generation: permit.generation,
+            units: permit.units,
+        }
+        .to_string()
     }
 
     fn item(&self, id: ItemId) -> Arc<Item> {
@@ -135,68 +242,87 @@ impl Permits {
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(Item {
-                    local: Mutex::new(Local::default()),
+                    local: Mutex::new(Local::new()),
                     refill: tokio::sync::Mutex::new(()),
                 })
             })
             .clone()
     }
 
-    /// The answer without waiting, when there is one: a permit from the
-    /// node's pool, or a cached "sold out" / "wait" / "unknown". `None`:
+    fn unavailable(&self) -> Verdict {
+        Verdict::Unavailable(self.inner.settings.recheck.as_millis().max(1) as u64)
+    }
+
+    /// The answer without waiting, when there is one: permits from the
+    /// node's hand, or a cached "sold out" / "wait" / "unknown". `None`:
     /// Redis must be asked ([`Permits::acquire`]).
-    pub fn try_acquire(&self, id: ItemId) -> Option<Verdict> {
+    pub fn try_acquire(&self, id: ItemId, units: i64) -> Option<Verdict> {
         if self.inner.unknown.contains_key(&id) {
             return Some(Verdict::Unknown);
         }
         let item = self.item(id);
-        self.try_local(id, &item)
+        self.try_local(id, &item, units)
     }
 
-    /// Takes a permit for `item`, leasing a batch from Redis when the node
-    /// has none.
-    pub async fn acquire(&self, id: ItemId) -> Verdict {
-        if self.inner.unknown.contains_key(&id) {
-            return Verdict::Unknown;
+    /// Takes permits for `units` of `item`, leasing from Redis when the
+    /// node's hand has too few.
+    pub async fn acquire(&self, id: ItemId, units: i64) -> Verdict {
+        if let Some(v) = self.try_acquire(id, units) {
+            return v;
         }
         let item = self.item(id);
-        if let Some(v) = self.try_local(id, &item) {
-            return v;
-        }
-        let _refill = item.refill.lock().await;
+        // Redis failed lately: one buy probes it, the others are answered.
+        let probe = if self.inner.down.load(Ordering::Acquire) {
+            if self.inner.probing.swap(true, Ordering::AcqRel) {
+                return self.unavailable();
+            }
+            Probe(Some(&self.inner.probing))
+        } else {
+            Probe(None)
+        };
+        let deadline = self.inner.settings.redis_timeout;
+        let Ok(_refill) = tokio::time::timeout(deadline, item.refill.lock()).await else {
+            return self.unavailable();
+        };
         // Someone else may have refilled while we waited.
-        if let Some(v) = self.try_local(id, &item) {
+        if let Some(v) = self.try_local(id, &item, units) {
             return v;
         }
-        let report = {
-            let mut l = item.local.lock().expect("permit lock");
-            Report::take(&mut l)
+        let (mode, generation, want) = {
+            let l = item.local.lock().expect("permit lock");
+            l.call(self.inner.settings.batch.max(units))
+        };
+        let call = LeaseCall {
+            item: id,
+            mode,
+            generation,
+            want,
         };
         let sent = Instant::now();
         let reply = self
             .inner
             .client
-            .lease(id, self.inner.batch, &report, self.inner.ttl, false)
+            .lease(call, self.inner.settings.ttl, deadline)
             .await;
+        drop(probe);
         let mut l = item.local.lock().expect("permit lock");
         match reply {
             Err(e) => {
-                tracing::warn!(round_id = id.0, item_id = id.1, error = %e, "permit lease failed");
-                report.restore(&mut l);
-                // Answer quickly for a while instead of queueing on Redis.
-                l.blocked = Some((Instant::now() + self.inner.recheck, Block::Unavailable));
-                Verdict::Unavailable
+                self.failed(id, &e);
+                // A call that timed out may still run later: our view of
+                // the lease is no longer certain.
+                if matches!(e, LeaseError::Timeout) && want > 0 {
+                    l.resync = true;
+                }
+                self.unavailable()
             }
             Ok(LeaseReply::Unknown) => {
+                self.inner.down.store(false, Ordering::Release);
+                let idle = l.generation == 0 && l.in_flight == 0 && !l.resync;
                 drop(l);
                 self.inner.unknown.insert(id, ());
-                let mut items = self.inner.items.lock().expect("permits lock");
-                // Nothing can be held for an item Redis does not know.
-                if items.get(&id).is_some_and(|i| {
-                    let l = i.local.lock().expect("permit lock");
-                    l.held == 0 && l.spent == 0 && l.give_back == 0 && l.void_back == 0
-                }) {
-                    items.remove(&id);
+                if idle {
+                    self.inner.items.lock().expect("permits lock").remove(&id);
                 }
                 Verdict::Unknown
             }
@@ -204,145 +330,251 @@ impl Permits {
                 granted,
                 pool,
                 available,
-                void,
+                generation,
+                held,
                 ..
             }) => {
-                self.apply(&mut l, sent, granted, void);
-                if l.held > 0 {
-                    l.held -= 1;
-                    self.inner.metrics.permit_forwarded(id);
-                    Verdict::Granted(Permit {
-                        item: id,
-                        generation: l.generation,
-                    })
-                } else if pool <= 0 && available <= 0 {
-                    l.blocked = Some((Instant::now() + self.inner.recheck, Block::SoldOut));
-                    Verdict::SoldOut
+                self.inner.down.store(false, Ordering::Release);
+                self.apply(id, &mut l, sent, mode, granted, generation, held);
+                if l.hand >= units {
+                    Verdict::Granted(self.take(id, &mut l, units))
                 } else {
-                    l.blocked = Some((Instant::now() + self.inner.recheck, Block::Wait));
-                    Verdict::Wait(self.recheck_ms())
+                    let recheck = Instant::now() + self.inner.settings.recheck;
+                    let (block, verdict) = if available <= 0 {
+                        (Block::SoldOut, Verdict::SoldOut)
+                    } else if available < units {
+                        (
+                            Block::Insufficient(available),
+                            Verdict::Insufficient(available),
+                        )
+                    } else {
+                        let _ = pool;
+                        (Block::Wait, Verdict::Wait(self.recheck_ms()))
+                    };
+                    l.blocked = Some((recheck, block));
+                    verdict
                 }
             }
         }
     }
 
-    fn recheck_ms(&self) -> u64 {
-        self.inner.recheck.as_millis() as u64
+    fn failed(&self, id: ItemId, e: &LeaseError) {
+        if !self.inner.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(round_id = id.0, item_id = id.1, error = %e,
+                "permit lease failed; buyers needing permits are answered 503 until Redis answers");
+        }
+        self.inner.metrics.permit(id, "redis_failed");
     }
 
-    /// A permit from the local pool, or the cached answer, or `None` when
-    /// Redis must be asked.
-    fn try_local(&self, id: ItemId, item: &Item) -> Option<Verdict> {
+    fn recheck_ms(&self) -> u64 {
+        self.inner.settings.recheck.as_millis() as u64
+    }
+
+    fn take(&self, id: ItemId, l: &mut Local, units: i64) -> Permit {
+        l.hand -= units;
+        l.in_flight += units;
+        l.last_used = Instant::now();
+        self.inner.metrics.permits(id, "forwarded", units);
+        Permit {
+            item: id,
+            generation: l.generation,
+            units,
+        }
+    }
+
+    /// Permits from the hand, or the cached answer, or `None` when Redis
+    /// must be asked.
+    fn try_local(&self, id: ItemId, item: &Item, units: i64) -> Option<Verdict> {
         let mut l = item.local.lock().expect("permit lock");
         let now = Instant::now();
-        if l.held > 0 && l.valid_until.is_some_and(|t| now >= t) {
-            // The lease may have expired in Redis: these permits may be
-            // someone else's by now.
-            l.void_back += l.held;
-            l.held = 0;
-            l.generation += 1;
-            l.valid_until = None;
+        l.last_used = now;
+        if l.generation != 0 && l.valid_until.is_some_and(|t| now >= t) {
+            // Not renewed in time: Redis may reclaim the lease any moment
+            // and hand its units to another node. Stop using them.
+            let dropped = l.forget();
+            self.inner.metrics.permits(id, "expired", dropped);
         }
-        if l.held > 0 {
-            l.held -= 1;
-            self.inner.metrics.permit_forwarded(id);
-            return Some(Verdict::Granted(Permit {
-                item: id,
-                generation: l.generation,
-            }));
+        if l.hand >= units && l.generation != 0 {
+            return Some(Verdict::Granted(self.take(id, &mut l, units)));
         }
         match l.blocked {
             Some((until, block)) if now < until => Some(match block {
                 Block::SoldOut => Verdict::SoldOut,
-                Block::Unavailable => Verdict::Unavailable,
+                Block::Insufficient(n) if n < units => Verdict::Insufficient(n),
+                Block::Insufficient(_) => return None,
                 Block::Wait => Verdict::Wait((until - now).as_millis().max(1) as u64),
             }),
             _ => None,
         }
     }
 
-    fn apply(&self, l: &mut Local, sent: Instant, granted: i64, void: bool) {
-        if void {
-            l.held = 0;
-            l.generation += 1;
+    /// Applies a lease reply.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        id: ItemId,
+        l: &mut Local,
+        sent: Instant,
+        mode: Mode,
+        granted: i64,
+        generation: u64,
+        held: i64,
+    ) {
+        if generation != l.generation {
+            // A new lease (or none): whatever the old one held is void, and
+            // its buys in flight are settled as someone else's.
+            if l.hand > 0 {
+                self.inner.metrics.permits(id, "void", l.hand);
+            }
+            l.hand = 0;
+            l.in_flight = 0;
+            l.generation = generation;
         }
-        l.held += granted;
+        if mode == Mode::Resync {
+            l.resync = false;
+        }
+        l.hand += granted;
+        if generation != 0 && held < l.hand {
+            // Redis holds fewer than our hand: never forward on permits it
+            // does not count. Start over at the next call.
+            tracing::warn!(
+                round_id = id.0,
+                item_id = id.1,
+                held,
+                hand = l.hand,
+                "lease holds fewer permits than the node's hand; renewing it"
+            );
+            l.hand = 0;
+            l.resync = true;
+        }
         l.blocked = None;
-        l.valid_until = if l.held > 0 {
-            // Redis started the lease after we sent; keep a fifth as margin.
-            Some(sent + self.inner.ttl * 4 / 5)
-        } else {
-            None
-        };
+        l.valid_until = (generation != 0).then(|| sent + self.inner.settings.ttl * 4 / 5);
     }
 
-    /// Settles a permit once the backend answered `status` (`None`: no
-    /// answer, e.g. the connection failed): 202 spends it, 410 drops it,
-    /// anything else gives it back.
-    pub fn finish(&self, permit: Permit, status: Option<u16>) {
+    /// Settles permits once the backend answered: `effect` is what its
+    /// reserve did to them (`None`: no answer, or an answer that does not
+    /// say).
+    pub fn finish(&self, permit: Permit, effect: Option<Effect>) {
         let item = self.item(permit.item);
         let mut l = item.local.lock().expect("permit lock");
-        match status {
-            Some(202) => {
-                l.spent += 1;
-            }
-            Some(410) => {
-                self.inner.metrics.permit_dropped(permit.item);
-            }
-            _ => {
-                self.inner.metrics.permit_refunded(permit.item);
-                if permit.generation == l.generation && l.valid_until.is_some() {
-                    l.held += 1;
-                    // A refund makes the item sellable again right away.
-                    l.blocked = None;
-                } else {
-                    l.give_back += 1;
-                }
-            }
+        let current = permit.generation != 0 && permit.generation == l.generation;
+        if current {
+            l.in_flight = (l.in_flight - permit.units).max(0);
         }
+        let event = match effect {
+            Some(Effect::Spent) => "spent",
+            Some(Effect::Dropped) => "dropped",
+            Some(Effect::Kept) if current && l.valid_until.is_some() => {
+                l.hand += permit.units;
+                // Permits back in hand make the item sellable again.
+                l.blocked = None;
+                "kept"
+            }
+            Some(Effect::Kept) => "stale",
+            Some(Effect::Void) => {
+                l.resync |= current;
+                "void"
+            }
+            None => {
+                l.resync |= current;
+                "lost"
+            }
+        };
+        self.inner.metrics.permits(permit.item, event, permit.units);
     }
 
-    /// Renews the leases of items holding permits and reports what was
-    /// spent; called every third of the lease TTL.
+    /// Renews every lease in one round trip: a lease whose permits got
+    /// uncertain is started anew, an idle one (no buy for a lease TTL, none
+    /// in flight) is handed back. Called every third of the lease TTL.
     pub async fn renew(&self) {
         let items: Vec<(ItemId, Arc<Item>)> = {
             let items = self.inner.items.lock().expect("permits lock");
             items.iter().map(|(k, v)| (*k, v.clone())).collect()
         };
-        for (id, item) in items {
-            let Ok(_refill) = item.refill.try_lock() else {
+        let ttl = self.inner.settings.ttl;
+        let now = Instant::now();
+        let mut calls = Vec::new();
+        let mut held = Vec::new();
+        for (id, item) in &items {
+            let Ok(guard) = item.refill.try_lock() else {
                 continue;
             };
-            let report = {
-                let mut l = item.local.lock().expect("permit lock");
-                if l.held == 0 && l.spent == 0 && l.give_back == 0 && l.void_back == 0 {
-                    continue;
-                }
-                Report::take(&mut l)
+            let l = item.local.lock().expect("permit lock");
+            if !l.holds_lease() {
+                continue;
+            }
+            let idle = now.duration_since(l.last_used) >= ttl && l.in_flight == 0;
+            let (mode, generation, want) = if idle && !l.resync {
+                (Mode::Release, l.generation, 0)
+            } else {
+                l.call(if l.resync {
+                    self.inner.settings.batch
+                } else {
+                    0
+                })
             };
-            let sent = Instant::now();
-            let reply = self
-                .inner
-                .client
-                .lease(id, 0, &report, self.inner.ttl, false)
-                .await;
+            drop(l);
+            calls.push(LeaseCall {
+                item: *id,
+                mode,
+                generation,
+                want,
+            });
+            held.push((item.clone(), guard));
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let sent = Instant::now();
+        let deadline = (ttl / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let replies = self.inner.client.lease_many(&calls, ttl, deadline).await;
+        let replies = match replies {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, items = calls.len(), "lease renewal failed");
+                self.inner.down.store(true, Ordering::Release);
+                for ((item, _), call) in held.iter().zip(&calls) {
+                    if call.want > 0 || call.mode != Mode::Lease {
+                        item.local.lock().expect("permit lock").resync = true;
+                    }
+                }
+                return;
+            }
+        };
+        self.inner.down.store(false, Ordering::Release);
+        for (((item, _), call), reply) in held.iter().zip(&calls).zip(replies) {
             let mut l = item.local.lock().expect("permit lock");
             match reply {
-                Ok(LeaseReply::Granted { void, .. }) => {
-                    let blocked = l.blocked;
-                    self.apply(&mut l, sent, 0, void);
-                    l.blocked = blocked;
+                Ok(LeaseReply::Granted {
+                    granted,
+                    generation,
+                    held,
+                    ..
+                }) => {
+                    if call.mode == Mode::Release {
+                        let dropped = l.forget();
+                        self.inner.metrics.permits(call.item, "released", dropped);
+                    } else {
+                        let blocked = l.blocked;
+                        self.apply(
+                            call.item, &mut l, sent, call.mode, granted, generation, held,
+                        );
+                        l.blocked = blocked;
+                    }
                 }
-                Ok(LeaseReply::Unknown) => {}
+                Ok(LeaseReply::Unknown) => {
+                    l.forget();
+                }
                 Err(e) => {
-                    tracing::warn!(round_id = id.0, item_id = id.1, error = %e, "lease renewal failed");
-                    report.restore(&mut l);
+                    tracing::warn!(round_id = call.item.0, item_id = call.item.1, error = %e,
+                        "lease renewal refused");
+                    l.resync = true;
                 }
             }
         }
     }
 
-    /// Hands every held permit back to Redis (graceful shutdown).
+    /// Hands every lease back to Redis (graceful shutdown).
     pub async fn release_all(&self) {
         let items: Vec<(ItemId, Arc<Item>)> = {
             let items = self.inner.items.lock().expect("permits lock");
@@ -350,53 +582,29 @@ impl Permits {
         };
         for (id, item) in items {
             let _refill = item.refill.lock().await;
-            let report = {
+            let generation = {
                 let mut l = item.local.lock().expect("permit lock");
-                let r = Report::take(&mut l);
-                l.held = 0;
-                l.generation += 1;
-                l.valid_until = None;
-                r
+                if !l.holds_lease() {
+                    continue;
+                }
+                let g = l.generation;
+                l.forget();
+                g
+            };
+            let call = LeaseCall {
+                item: id,
+                mode: Mode::Release,
+                generation,
+                want: 0,
             };
             if let Err(e) = self
                 .inner
                 .client
-                .lease(id, 0, &report, self.inner.ttl, true)
+                .release_own(call, self.inner.settings.ttl)
                 .await
             {
                 tracing::warn!(round_id = id.0, item_id = id.1, error = %e, "could not hand permits back; they return when the lease expires");
             }
         }
-    }
-}
-
-/// What a node tells Redis about an item when it calls the lease script.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Report {
-    pub unused: i64,
-    pub spent: i64,
-    pub give_back: i64,
-    pub void_back: i64,
-}
-
-impl Report {
-    fn take(l: &mut Local) -> Self {
-        let r = Self {
-            unused: l.held,
-            spent: l.spent,
-            give_back: l.give_back,
-            void_back: l.void_back,
-        };
-        l.spent = 0;
-        l.give_back = 0;
-        l.void_back = 0;
-        r
-    }
-
-    /// Puts the counters back after a failed call, to report next time.
-    fn restore(&self, l: &mut Local) {
-        l.spent += self.spent;
-        l.give_back += self.give_back;
-        l.void_back += self.void_back;
     }
 }

@@ -350,6 +350,9 @@ pub struct EdgeOptions {
     pub limits: String,
     pub trusted_proxies: Vec<String>,
     pub redis_url: String,
+    /// `permits.redis_timeout_ms`: generous by default, so a loaded test
+    /// machine does not turn slow Redis answers into 503s.
+    pub redis_timeout_ms: u64,
 }
 
 impl EdgeOptions {
@@ -365,6 +368,7 @@ impl EdgeOptions {
             limits: limits(100_000.0, 100_000.0, 100, 1.0, true),
             trusted_proxies: Vec::new(),
             redis_url: redis_url(),
+            redis_timeout_ms: 1_000,
         }
     }
 }
@@ -457,6 +461,7 @@ node_id = "{node}"
 batch = {batch}
 lease_ttl_ms = {ttl}
 recheck_ms = 100
+redis_timeout_ms = {rt}
 "#,
             trusted = trusted.join(", "),
             d = dir.path().display(),
@@ -470,6 +475,7 @@ recheck_ms = 100
             node = opts.node_id,
             batch = opts.batch,
             ttl = opts.lease_ttl_ms,
+            rt = opts.redis_timeout_ms,
         );
         let cfg_path = dir.path().join("edge.toml");
         std::fs::write(&cfg_path, toml).unwrap();

@@ -1,7 +1,7 @@
 //! Upstream behaviour against scripted backends: identity headers are set
-//! by the edge and never taken from the client; connect failures are tried
-//! on another backend; a buy request that reached a backend is never
-//! replayed.
+//! by the edge and never taken from the client (so are permit headers);
+//! connect failures are tried on another backend; a buy request that
+//! reached a backend is never replayed.
 
 use std::{
     net::SocketAddr,
@@ -18,7 +18,8 @@ use tokio::{
 use crate::helpers::*;
 
 /// A backend that records every request head; `silent` ones close the
-/// connection without answering.
+/// connection without answering. It answers 202 without touching Redis,
+/// so it says the permits were `kept`.
 struct Scripted {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
@@ -77,7 +78,7 @@ impl Scripted {
                         let body = r#"{"attempt_id":"a-1","status":"queued"}"#;
                         let status = if is_health { "200 OK" } else { "202 Accepted" };
                         let resp = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-seckill-permit: kept\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if conn.write_all(resp.as_bytes()).await.is_err() {
@@ -163,6 +164,29 @@ async fn identity_headers_are_the_edges_and_connect_failures_move_on() {
     assert_eq!(header(signed, "x-forwarded-for"), ["127.0.0.1"]);
     assert!(header(anon, "x-seckill-user").is_empty(), "{anon}");
 
+    // A buy carries the edge's permit header, never the client's, and the
+    // backend's permit answer is not passed to the client.
+    stock(&prefix, 5).await;
+    let r = edge
+        .client
+        .post(edge.url("/api/rounds/1/items/1/buy"))
+        .bearer_auth(&token)
+        .header("x-seckill-permit", "mallory;1;1")
+        .json(&serde_json::json!({ "qty": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().get("x-seckill-permit").is_none());
+    let mut heads = a.requests();
+    heads.extend(b.requests());
+    let buy = heads.iter().find(|h| h.starts_with("POST")).unwrap();
+    let named = header(buy, "x-seckill-permit");
+    assert_eq!(named.len(), 1, "{buy}");
+    let parts: Vec<&str> = named[0].split(';').collect();
+    assert_eq!(parts[0], opts.node_id, "{buy}");
+    assert_eq!(parts.len(), 3, "{buy}");
+
     // One backend stops accepting (still believed healthy): every request
     // is still served, by the other one.
     a.refuse();
@@ -207,12 +231,12 @@ async fn a_buy_that_reached_a_backend_is_not_replayed() {
     assert_eq!(to_silent + to_good, 6, "a buy was replayed: {answered:?}");
     assert_eq!(answered.iter().filter(|s| **s == 202).count(), to_good);
     assert!(answered.iter().all(|s| *s == 202 || *s == 503 || *s == 502));
-    // The unanswered ones gave their permits back.
+    // The unanswered ones are lost to the edge (the lease is renewed
+    // anew); the answered ones came back kept.
     eventually(Duration::from_secs(5), || async {
-        let refunded = edge
-            .metric("edge_permits_total", &["event=\"refunded\""])
-            .await;
-        (refunded as usize == to_silent).then_some(())
+        let lost = edge.metric("edge_permits_total", &["event=\"lost\""]).await;
+        let kept = edge.metric("edge_permits_total", &["event=\"kept\""]).await;
+        (lost as usize == to_silent && kept as usize == to_good).then_some(())
     })
     .await;
     // Stop the edge first: it may still renew leases under the prefix.
