@@ -91,6 +91,11 @@ pub struct Backend {
 
 impl Backend {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A backend whose config `adjust` changes first (e.g. its own Redis).
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let id = unique();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
@@ -109,6 +114,7 @@ impl Backend {
             "sqlite://{}?mode=rwc",
             dir.path().join("orders.db").display()
         );
+        adjust(&mut cfg);
         cfg.validate().expect("valid backend config");
         let app = Application::build(cfg.clone(), BuildOptions::default())
             .await
@@ -234,6 +240,110 @@ impl Backend {
             let _ = conn.close(200, "bye".into()).await;
         }
     }
+}
+
+/// A redis-server of the test's own (no persistence), for tests that stop
+/// it; killed when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let me = Self {
+            port,
+            child: Some(child),
+            _dir: dir,
+        };
+        let url = me.url();
+        eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let c = redis::Client::open(url).ok()?;
+                let mut c = c.get_multiplexed_async_connection().await.ok()?;
+                let pong: String = redis::cmd("PING").query_async(&mut c).await.ok()?;
+                (pong == "PONG").then_some(())
+            }
+        })
+        .await;
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// SIGSTOP: the server stops answering, connections stay open.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `(available, units held by edge leases)` of an item, read from Redis at
+/// `url`; fails if the leases hold more than is available.
+pub async fn lease_state(url: &str, prefix: &str, round: i64, item: i64) -> (i64, i64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let base = format!("{prefix}:{{r{round}:i{item}}}");
+    let available: i64 = redis::cmd("HGET")
+        .arg(format!("{base}:stock"))
+        .arg("available")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let leases: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(format!("{base}:leases"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let leased: i64 = leases.values().sum();
+    assert!(
+        leased <= available,
+        "edge leases hold {leased} units, more than the {available} available"
+    );
+    (available, leased)
 }
 
 pub async fn cleanup_prefix(prefix: &str) {
