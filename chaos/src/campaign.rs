@@ -30,6 +30,11 @@ use crate::{
     stack::{Stack, StackSpec},
 };
 
+/// How long, once the sale is at rest, edge leases have to be handed back
+/// or expire (the edges' lease TTL is 5 s; an idle lease goes back at the
+/// renewal after it, every third of the TTL).
+const LEASES_REST: Duration = Duration::from_secs(15);
+
 /// The run directory; removed on drop unless kept.
 struct RunDir {
     path: PathBuf,
@@ -326,6 +331,7 @@ async fn run_scenario(
     let mut conn = services.redis[ri].connection().await?;
     let ids: Vec<&String> = told.keys().collect();
     let redis_attempts = measure::attempt_states(&mut conn, &prefix, &ids).await?;
+    let leases = measure::leases_at_rest(&mut conn, &prefix, &round, LEASES_REST).await?;
     let reconcile = match spec.reconcile(round.id).await {
         Ok(r) => Some(r),
         Err(e) => {
@@ -346,6 +352,7 @@ async fn run_scenario(
         reconcile: reconcile.as_ref().map(|(j, d)| (j, *d)),
         fault: &fault,
         crowd_capped: !finished,
+        leases: &leases,
     });
     stack.stop().await;
     drop(proxy);

@@ -78,6 +78,12 @@ pub struct Row {
     pub paid_not_sold: u64,
     /// Items whose Redis counters disagree with the database (reconcile).
     pub counters_disagree: u64,
+    /// Units edge leases hold beyond what is available (the permit
+    /// invariant: leases never exceed `available`).
+    pub permits_over: i64,
+    /// Units live edge leases still hold once the sale is at rest: with no
+    /// one buying, the pool must be all that is available.
+    pub permits_held_at_rest: i64,
     /// Seconds from the injection to the first 202 for a buy sent after it.
     pub recovery_secs: Option<f64>,
     /// Seconds from the injection until the fault was lifted.
@@ -158,6 +164,61 @@ pub async fn attempt_states(
     Ok(out)
 }
 
+/// Edge permits of one item at rest: units available, and units held by
+/// leases that have not expired.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Leases {
+    pub available: i64,
+    pub leased: i64,
+}
+
+/// Waits until no live edge lease holds units of the round's items (idle
+/// edges hand theirs back; a dead edge's lease expires), or `limit`
+/// passes; returns the last reading. Expired leases not yet reclaimed
+/// count as free: Redis reclaims them on the next call.
+pub async fn leases_at_rest(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    round: &RoundInfo,
+    limit: Duration,
+) -> anyhow::Result<Vec<Leases>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await?;
+        let now = secs * 1000 + micros / 1000;
+        let mut out = Vec::new();
+        for item in &round.items {
+            let k = ItemKeys::new(prefix, round.id, item.id);
+            let available: Option<i64> = redis::cmd("HGET")
+                .arg(k.stock())
+                .arg("available")
+                .query_async(redis)
+                .await?;
+            let held: HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(k.leases())
+                .query_async(redis)
+                .await?;
+            let exps: HashMap<String, i64> = redis::cmd("HGETALL")
+                .arg(k.lease_exp())
+                .query_async(redis)
+                .await?;
+            let leased = held
+                .iter()
+                .filter(|(n, _)| exps.get(*n).is_some_and(|e| *e > now))
+                .map(|(_, u)| *u)
+                .sum();
+            out.push(Leases {
+                available: available.unwrap_or(0),
+                leased,
+            });
+        }
+        if out.iter().all(|l| l.leased == 0) || Instant::now() >= deadline {
+            return Ok(out);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Everything a row is computed from.
 pub struct Inputs<'a> {
     pub scenario: Scenario,
@@ -172,6 +233,8 @@ pub struct Inputs<'a> {
     pub reconcile: Option<(&'a serde_json::Value, bool)>,
     pub fault: &'a FaultRecord,
     pub crowd_capped: bool,
+    /// Edge leases per item once at rest.
+    pub leases: &'a [Leases],
 }
 
 /// Computes the row and judges it against the goal.
@@ -254,6 +317,10 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         }
     }
     r.stranded_attempts = inp.snapshot.pending() as u64;
+    for l in inp.leases {
+        r.permits_over += (l.leased - l.available).max(0);
+        r.permits_held_at_rest += l.leased;
+    }
     let stuck: Vec<String> = inp
         .snapshot
         .items
@@ -446,6 +513,18 @@ fn judge(r: &mut Row, fault: &FaultRecord) {
             r.oversold, r.oversold_db, r.oversold_redis
         ));
     }
+    if r.permits_over > 0 {
+        why.push(format!(
+            "edge leases hold {} units more than available",
+            r.permits_over
+        ));
+    }
+    if r.permits_held_at_rest > 0 {
+        why.push(format!(
+            "edge leases still hold {} units at rest",
+            r.permits_held_at_rest
+        ));
+    }
     if r.stranded > 0 {
         why.push(format!(
             "stranded {} units ({} attempts still queued/writing)",
@@ -597,6 +676,10 @@ mod tests {
             reconcile: Some((&reconcile, false)),
             fault,
             crowd_capped: false,
+            leases: &[Leases {
+                available: 1,
+                leased: 0,
+            }],
         })
     }
 

@@ -249,7 +249,11 @@ impl Stack {
             .current_dir(&self.spec.dir)
             .env_remove("SECKILL_EDGE_CONFIG")
             .env("SECKILL_EDGE__AUTH__SECRET", &self.spec.secret)
-            .env("RUST_LOG", "warn");
+            // CHAOS_EDGE_LOG=access=info logs every request an edge answers.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_EDGE_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         let log = self.spec.dir.join(format!("edge-{i}.log"));
         let mut p = Proc::spawn(&format!("edge-{i}"), cmd, &log)?;
         self.await_http(&mut p, &format!("http://{}/healthz", a.http))
@@ -298,6 +302,8 @@ read_timeout_ms = 10000
 redis_url = "{redis}"
 key_prefix = "{prefix}"
 node_id = "chaos-edge-{i}"
+# Debug binaries on two loaded cores: Redis answers slower than in a shop.
+redis_timeout_ms = 250
 "#,
             listen = a.http,
             metrics = a.metrics,

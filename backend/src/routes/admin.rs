@@ -150,13 +150,18 @@ pub async fn preheat(
 /// Preheats every item and renders its page, then drops the rounds cache.
 async fn open_sale(st: &AppState, r: &RoundWithItems) -> Result<(), ApiError> {
     for it in &r.items {
-        if rebuild::rebuild_item(&st.lifecycle, &r.round, it, RestoreMode::Verify)
+        // The sweep may be verifying the item this moment: wait for it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while rebuild::rebuild_item(&st.lifecycle, &r.round, it, RestoreMode::Verify)
             .await?
             .is_none()
         {
-            return Err(ApiError::Unavailable(
-                "an item of this round is being rebuilt; try again in a moment".into(),
-            ));
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(
+                    "an item of this round is being rebuilt; try again in a moment".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         st.sale.preheat(&rebuild::preheat_of(&r.round, it)).await?;
         st.pages.render_item(&r.round, it).await.map_err(|e| {
