@@ -361,8 +361,10 @@ fn trial(cfg: &LuaConfig, scripts: &Scripts) -> Result<(), AccessError> {
     std::thread::scope(|s| {
         s.spawn(|| {
             let clock = Arc::new(SystemClock);
-            let dicts =
-                SharedDicts::new(cfg.dicts.iter().map(|(n, s)| (n.as_str(), *s)), clock.clone())?;
+            let dicts = SharedDicts::new(
+                cfg.dicts.iter().map(|(n, s)| (n.as_str(), *s)),
+                clock.clone(),
+            )?;
             let engine = Engine::new(scripts.clone(), dicts, clock)?;
             let vm = engine.new_vm()?;
             install_host_api(&vm, None, Arc::default())?;
@@ -501,11 +503,12 @@ fn read_sources(cfg: &LuaConfig) -> Result<Sources, AccessError> {
         lib_modules(root, root, 0, &mut found)?;
         // As package.path: `dir/x.lua` before `dir/x/init.lua`, then the
         // next directory.
-        let (plain, inits): (Vec<_>, Vec<_>) =
-            found.into_iter().partition(|(n, _)| !n.ends_with(".init") && n != "init");
-        let inits = inits.into_iter().filter_map(|(n, p)| {
-            n.strip_suffix(".init").map(|n| (n.to_owned(), p))
-        });
+        let (plain, inits): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|(n, _)| !n.ends_with(".init") && n != "init");
+        let inits = inits
+            .into_iter()
+            .filter_map(|(n, p)| n.strip_suffix(".init").map(|n| (n.to_owned(), p)));
         for (name, path) in plain.into_iter().chain(inits) {
             if taken.insert(name.clone()) {
                 modules.push((name, read_file(&path)?));
@@ -646,4 +649,3 @@ fn install_host_api(
     lua.globals().set("seckill", t)?;
     Ok(())
 }
-

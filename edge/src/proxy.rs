@@ -542,7 +542,9 @@ impl ProxyHttp for Edge {
                 respond_json(session, 404, error_body("not_found", "no such path")).await?;
                 Ok(true)
             }
-            Route::Buy | Route::Api | Route::Admin => self.read_body_then_access(session, ctx).await,
+            Route::Buy | Route::Api | Route::Admin => {
+                self.read_body_then_access(session, ctx).await
+            }
         }
     }
 

@@ -57,8 +57,7 @@ pub fn normalize(path: &str) -> Result<String, UriError> {
         return Err(UriError::NotAbsolute);
     }
     // The common case: nothing to decode or resolve, one copy.
-    if !raw.iter().any(|&b| b == b'%' || b == b'.' || b == 0)
-        && !raw.windows(2).any(|w| w == b"//")
+    if !raw.iter().any(|&b| b == b'%' || b == b'.' || b == 0) && !raw.windows(2).any(|w| w == b"//")
     {
         return Ok(path.to_owned());
     }

@@ -201,7 +201,11 @@ impl Engine {
                 let (source, chunk_name) = (m.source.clone(), m.chunk_name.clone());
                 let compile = lua.create_function(move |lua, ()| {
                     Ok(
-                        match lua.load(&*source).set_name(chunk_name.as_str()).into_function() {
+                        match lua
+                            .load(&*source)
+                            .set_name(chunk_name.as_str())
+                            .into_function()
+                        {
                             Ok(f) => (Some(f), None),
                             Err(mlua::Error::SyntaxError { message, .. }) => (None, Some(message)),
                             Err(e) => (None, Some(e.to_string())),

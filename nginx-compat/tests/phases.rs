@@ -56,7 +56,10 @@ async fn post_args_and_discard() {
 
 #[tokio::test]
 async fn uri_is_normalised_and_request_uri_raw() {
-    let n = node(r#"ngx.say(ngx.var.uri, "|", ngx.var.request_uri, "|", ngx.var.args)"#, &[]);
+    let n = node(
+        r#"ngx.say(ngx.var.uri, "|", ngx.var.request_uri, "|", ngx.var.args)"#,
+        &[],
+    );
     let req = Request::parse("GET", "/a/./b/../c%20d//e?x=%20").expect("valid");
     assert_eq!(
         body(&access(&n.vm, req).await),
@@ -70,7 +73,10 @@ async fn uri_is_normalised_and_request_uri_raw() {
         UriError::AboveRoot
     );
     assert_eq!(Request::parse("GET", "/a%00").unwrap_err(), UriError::Nul);
-    assert_eq!(Request::parse("GET", "/%g1").unwrap_err(), UriError::BadEscape);
+    assert_eq!(
+        Request::parse("GET", "/%g1").unwrap_err(),
+        UriError::BadEscape
+    );
 }
 
 #[tokio::test]
@@ -82,7 +88,10 @@ async fn modules_given_by_the_host_win_over_the_path() {
     };
     let scripts = Scripts {
         modules: vec![
-            module("my.answer", "local name = ... return { v = 42, name = name }"),
+            module(
+                "my.answer",
+                "local name = ... return { v = 42, name = name }",
+            ),
             module("my.broken", "local x = nil\nreturn x.y"),
             module("my.syntax", "return {"),
         ],
@@ -135,7 +144,9 @@ async fn the_log_phase_sees_status_time_ctx_and_vars() {
             other => panic!("{other:?}"),
         }
     };
-    let req = Request::new("POST", "/a//b").var("user_id", "u-1").with_body(&b"q"[..]);
+    let req = Request::new("POST", "/a//b")
+        .var("user_id", "u-1")
+        .with_body(&b"q"[..]);
     let a = access(&n.vm, req).await;
     n.vm.run_log(a.ctx, 202, 0.25).await.expect("log");
     assert_eq!(line(), "202|202|0.250|m|/a/b|u-1|yes|q");

@@ -286,7 +286,11 @@ async fn a_policy_that_fails_at_run_time_is_refused_and_the_old_one_serves() {
         (text(&edge, "/api/policy").await.1 == "v2\n").then_some(())
     })
     .await;
-    assert!(edge.metric("edge_lua_reloads_total", &["result=\"ok\""]).await >= 1.0);
+    assert!(
+        edge.metric("edge_lua_reloads_total", &["result=\"ok\""])
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,15 +508,26 @@ async fn bodies_are_read_from_lua_and_forwarded_unchanged() {
             .body(body)
             .send()
     };
-    let last = || held.seen().last().cloned().expect("a request reached the backend");
+    let last = || {
+        held.seen()
+            .last()
+            .cloned()
+            .expect("a request reached the backend")
+    };
 
     // Forwarded byte for byte; the script's header decision went along.
-    let body = "{ \"qty\" : 2, \"note\": \"京 \\u00e9\" }".as_bytes().to_vec();
+    let body = "{ \"qty\" : 2, \"note\": \"京 \\u00e9\" }"
+        .as_bytes()
+        .to_vec();
     let r = post(body.clone()).await.unwrap();
     assert_eq!(r.status(), 202);
     let seen = last();
     assert_eq!(seen.body, body);
-    assert!(seen.head.to_ascii_lowercase().contains("x-lua-qty: 2"), "{}", seen.head);
+    assert!(
+        seen.head.to_ascii_lowercase().contains("x-lua-qty: 2"),
+        "{}",
+        seen.head
+    );
 
     // Decided on the body at the edge: nothing forwarded.
     let before = held.seen().len();
@@ -532,11 +547,7 @@ async fn bodies_are_read_from_lua_and_forwarded_unchanged() {
 
     // A chunked body, read whole and forwarded with the same content.
     let parts: [&[u8]; 3] = [b"{\"qty\"", b":3,", b"\"x\":\"y\"}"];
-    let (status, answer) = raw(
-        edge.addr,
-        &chunked("/api/rounds/1/items/1/buy", &parts),
-    )
-    .await;
+    let (status, answer) = raw(edge.addr, &chunked("/api/rounds/1/items/1/buy", &parts)).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(last().body, parts.concat());
 
@@ -635,7 +646,11 @@ async fn the_log_phase_sees_status_and_request_time() {
     // An error in the log phase is counted and changes nothing.
     assert_eq!(text(&edge, "/api/ok?tag=d&fail=1").await.0, 202);
     eventually(Duration::from_secs(10), || async {
-        (edge.metric("edge_lua_errors_total", &["phase=\"log\""]).await == 1.0).then_some(())
+        (edge
+            .metric("edge_lua_errors_total", &["phase=\"log\""])
+            .await
+            == 1.0)
+            .then_some(())
     })
     .await;
     assert_eq!(logged("d").await[0], "202");

@@ -209,7 +209,10 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
             })
         })?,
     )?;
-    req.raw_set("get_body_file", lua.create_function(|_, ()| Ok(Value::Nil))?)?;
+    req.raw_set(
+        "get_body_file",
+        lua.create_function(|_, ()| Ok(Value::Nil))?,
+    )?;
     req.raw_set(
         "get_uri_args",
         lua.create_function(|lua, max: Option<usize>| {
@@ -220,9 +223,7 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     req.raw_set(
         "get_post_args",
         lua.create_function(|lua, max: Option<usize>| {
-            let body = with_req(lua, |st| {
-                Ok(st.req.body.clone().filter(|_| st.body_read))
-            })?;
+            let body = with_req(lua, |st| Ok(st.req.body.clone().filter(|_| st.body_read)))?;
             let Some(body) = body else {
                 return Ok((Value::Nil, Some("no request body found")));
             };
