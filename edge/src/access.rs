@@ -503,9 +503,8 @@ fn read_sources(cfg: &LuaConfig) -> Result<Sources, AccessError> {
         lib_modules(root, root, 0, &mut found)?;
         // As package.path: `dir/x.lua` before `dir/x/init.lua`, then the
         // next directory.
-        let (plain, inits): (Vec<_>, Vec<_>) = found
-            .into_iter()
-            .partition(|(n, _)| !n.ends_with(".init") && n != "init");
+        let (plain, inits): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|(n, _)| !n.ends_with(".init"));
         let inits = inits
             .into_iter()
             .filter_map(|(n, p)| n.strip_suffix(".init").map(|n| (n.to_owned(), p)));
@@ -648,4 +647,63 @@ fn install_host_api(
     t.set("permit", permit)?;
     lua.globals().set("seckill", t)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(cfg: &LuaConfig) -> Vec<(String, String)> {
+        read_sources(cfg)
+            .expect("readable")
+            .modules
+            .into_iter()
+            .map(|(n, f)| (n, f.text.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn modules_are_named_as_package_path_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("edge/access.lua", "return");
+        write("edge/limits.lua", "edge dir");
+        write("edge/log.lua", "log chunk");
+        write("lib1/edge/limits.lua", "lib copy");
+        write("lib1/a/b.lua", "a.b from lib1");
+        write("lib1/x/init.lua", "x from lib1 init");
+        write("lib1/.hidden/y.lua", "hidden");
+        write("lib1/notes.txt", "not lua");
+        write("lib2/a/b.lua", "a.b from lib2");
+        write("lib2/x.lua", "x from lib2");
+        write("lib2/z/init.lua", "z from lib2");
+        let cfg = LuaConfig {
+            access: dir.path().join("edge/access.lua"),
+            log: Some(dir.path().join("edge/log.lua")),
+            lib_dirs: vec![dir.path().join("lib1"), dir.path().join("lib2")],
+            ..LuaConfig::default()
+        };
+        let got = names(&cfg);
+        let want = [
+            ("edge.limits", "edge dir"),
+            ("a.b", "a.b from lib1"),
+            ("x", "x from lib1 init"),
+            ("z", "z from lib2"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want);
+
+        // A missing lib dir is unreadable.
+        let mut missing = cfg.clone();
+        missing.lib_dirs.push(dir.path().join("nope"));
+        let e = read_sources(&missing).unwrap_err();
+        assert_eq!(e.reason(), "unreadable");
+    }
 }

@@ -1,11 +1,13 @@
 //! The one `ProxyHttp` of the edge. Each phase delegates:
-//! `request_filter` → [`clock`](crate::clock), [`static_files`], identity,
-//! [`access`](crate::access) (answers early or lets the request pass);
-//! `upstream_peer` / `fail_to_connect` → [`upstream`]; the response phases
-//! settle permits ([`permits`]) from the backend's permit header (a buy
-//! carries its permits in `x-seckill-permit`; the edge strips that header
-//! from what clients send and from what they receive); `logging` records
-//! metrics and the access log.
+//! `request_filter` → [`clock`](crate::clock), [`static_files`], the
+//! request body (read whole, up to `lua.max_body_bytes`, for the access
+//! phase; Pingora forwards it from its retry buffer), identity, nginx's
+//! `$uri`, [`access`](crate::access) (answers early or lets the request
+//! pass); `upstream_peer` / `fail_to_connect` → [`upstream`]; the response
+//! phases settle permits ([`permits`]) from the backend's permit header (a
+//! buy carries its permits in `x-seckill-permit`; the edge strips that
+//! header from what clients send and from what they receive); `logging`
+//! records metrics and the access log, then runs the Lua log phase.
 //!
 //! Retries: only connect failures are retried (on another backend), so a
 //! buy request that reached a backend is never replayed.
