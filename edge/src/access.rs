@@ -1,23 +1,35 @@
-//! The Lua access phase: the operator's scripts on nginx-compat, one Lua VM
-//! per worker thread, hot-reloaded when the files change.
+//! The Lua access and log phases: the operator's scripts on nginx-compat,
+//! one Lua VM per worker thread, hot-reloaded when the files change.
 //!
-//! The access file (`lua.access`) is the access chunk; every other `*.lua`
-//! file in its directory becomes the module `edge.<name>` (so
-//! `require "edge.limits"` reads `limits.lua`). Sources are read by the
-//! edge and preloaded into each VM, so all VMs of one generation run the
-//! same validated text. On reload the new files are compiled, `edge.check`
-//! (if present) runs in a fresh VM, and one worker VM is built; any failure
-//! refuses the files, logs why, and the previous generation keeps serving.
-//! Connections are never dropped: threads switch to the new VMs on their
-//! next request; shared dicts (limiter state) carry over.
+//! The access file (`lua.access`) is the access chunk, `lua.log` (if set)
+//! the log chunk; every other `*.lua` file in the access file's directory
+//! becomes the module `edge.<name>` (so `require "edge.limits"` reads
+//! `limits.lua`), and every `*.lua` file under `lua.lib_dirs`
+//! (recursively, hidden entries skipped) the module its path names
+//! (`resty/limit/conn.lua` → `resty.limit.conn`, `x/init.lua` → `x`; the
+//! first directory wins, as with `package.path`). The edge reads all of
+//! them itself, watches all of them, and hands the text to each VM, so all
+//! VMs of one generation run the same text whatever changes on disk.
+//!
+//! Files are accepted only after a trial: compiled, `init` and `edge.check`
+//! (if present) run, then the access chunk (and the log chunk) run on
+//! synthetic requests ([`TRIAL_REQUESTS`]) in a VM of their own, with
+//! scratch shared dicts and token buckets and a `seckill.permit` that
+//! answers `"off"`, so a trial touches no live state and no Redis. Any
+//! failure (unreadable file, compile error, a Lua error in the trial)
+//! refuses the files at start, in `check-config`, and on reload; on reload
+//! it is logged with the reason, counted in `edge_lua_reloads_total`, and
+//! the previous generation keeps serving. Connections are never dropped:
+//! threads switch to the new VMs on their next request; shared dicts
+//! (limiter state) carry over.
 //!
 //! Host functions (the `seckill` table: `permit`, `token_bucket`) are added
-//! to each VM here. The
-//! permit taken by `seckill.permit` is recorded for the proxy through a
-//! task-local slot, so a script cannot lose it.
+//! to each VM here. The permit taken by `seckill.permit` is recorded for
+//! the proxy through a task-local slot, so a script cannot lose it.
 
 use std::{
     cell::RefCell,
+    collections::HashSet,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, RwLock,
@@ -26,7 +38,10 @@ use std::{
     time::Duration,
 };
 
-use nginx_compat::{AccessOutcome, Engine, LuaVm, Request, Scripts, SharedDicts, SystemClock};
+use bytes::Bytes;
+use nginx_compat::{
+    AccessOutcome, Engine, LuaVm, Module, Request, RequestCtx, Scripts, SharedDicts, SystemClock,
+};
 
 use crate::{
     config::LuaConfig,
@@ -47,7 +62,34 @@ pub enum AccessError {
     Lua(#[from] nginx_compat::Error),
     #[error("installing host functions: {0}")]
     Host(#[from] mlua::Error),
+    #[error("trial request {request}: {error}")]
+    Trial {
+        request: &'static str,
+        error: String,
+    },
 }
+
+impl AccessError {
+    /// The `reason` label of a refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AccessError::Read { .. } => "unreadable",
+            AccessError::Lua(_) | AccessError::Host(_) => "load",
+            AccessError::Trial { .. } => "trial",
+        }
+    }
+}
+
+/// The synthetic requests every new set of files must get through without
+/// a Lua error: a buy by a verified user with a JSON body, and an
+/// anonymous API read.
+pub const TRIAL_REQUESTS: [(&str, &str, &str); 2] = [
+    ("POST", "/api/rounds/1/items/1/buy", "trial-user"),
+    ("GET", "/api/x", ""),
+];
+
+/// How long one trial request may take (`ngx.sleep` included).
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The result of the access phase for one request.
 #[derive(Debug)]
@@ -59,6 +101,21 @@ pub struct Decision {
     pub reason: Option<String>,
     /// The script raised a Lua error (the outcome is then a 500).
     pub error: Option<String>,
+    /// What the log phase needs, when a log chunk is configured.
+    pub log: Option<LogPhase>,
+}
+
+/// A request's Lua state kept from the access phase for the log phase: the
+/// VM it ran on (the `ngx.ctx` table lives there) and the request.
+pub struct LogPhase {
+    vm: Arc<LuaVm>,
+    ctx: RequestCtx,
+}
+
+impl std::fmt::Debug for LogPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogPhase").finish_non_exhaustive()
+    }
 }
 
 tokio::task_local! {
@@ -72,6 +129,31 @@ thread_local! {
 /// Process-wide so VMs of two instances in one process never mix.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
+/// One Lua file as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SourceFile {
+    path: PathBuf,
+    text: Arc<str>,
+}
+
+/// Every file the policy loads, as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sources {
+    access: SourceFile,
+    log: Option<SourceFile>,
+    /// Modules by name: the access directory's `edge.*` first, then the
+    /// lib dirs' (a name is taken by its first file).
+    modules: Vec<(String, SourceFile)>,
+}
+
+/// What the watcher saw last.
+#[derive(Default)]
+struct Seen {
+    sources: Option<Sources>,
+    /// The read error last reported, so a lasting one is logged once.
+    failed: Option<String>,
+}
+
 /// The node's Lua configuration and its current generation.
 pub struct LuaAccess {
     cfg: LuaConfig,
@@ -80,23 +162,23 @@ pub struct LuaAccess {
     permits: Option<Permits>,
     buckets: Arc<TokenBuckets>,
     metrics: Metrics,
-    /// The sources last seen on disk (loaded or refused).
-    seen: Mutex<Vec<(PathBuf, String)>>,
+    seen: Mutex<Seen>,
 }
 
 impl LuaAccess {
-    /// Loads and validates the Lua files; fails if they do not load.
+    /// Loads the Lua files and runs the trial; fails if either fails.
     pub fn new(
         cfg: &LuaConfig,
         permits: Option<Permits>,
         metrics: Metrics,
     ) -> Result<Self, AccessError> {
+        let sources = read_sources(cfg)?;
+        let scripts = scripts_of(cfg, &sources);
+        trial(cfg, &scripts)?;
         let dicts = SharedDicts::new(
             cfg.dicts.iter().map(|(n, s)| (n.as_str(), *s)),
             Arc::new(SystemClock),
         )?;
-        let sources = read_sources(&cfg.access)?;
-        let scripts = scripts_of(cfg, &sources);
         let engine = Engine::new(scripts, dicts, Arc::new(SystemClock))?;
         let me = Self {
             cfg: cfg.clone(),
@@ -105,24 +187,21 @@ impl LuaAccess {
             permits,
             buckets: Arc::default(),
             metrics,
-            seen: Mutex::new(sources),
+            seen: Mutex::new(Seen {
+                sources: Some(sources),
+                failed: None,
+            }),
         };
         // A VM must build (init_worker runs) before we serve with it.
         me.build_vm(&engine)?;
         Ok(me)
     }
 
-    /// Validates the Lua files without keeping anything (`check-config`).
+    /// Validates the Lua files, trial included, without keeping anything
+    /// (`check-config`).
     pub fn check(cfg: &LuaConfig) -> Result<(), AccessError> {
-        let dicts = SharedDicts::new(
-            cfg.dicts.iter().map(|(n, s)| (n.as_str(), *s)),
-            Arc::new(SystemClock),
-        )?;
-        let sources = read_sources(&cfg.access)?;
-        let engine = Engine::new(scripts_of(cfg, &sources), dicts, Arc::new(SystemClock))?;
-        let vm = engine.new_vm()?;
-        install_host_api(&vm, None, Arc::default())?;
-        Ok(())
+        let sources = read_sources(cfg)?;
+        trial(cfg, &scripts_of(cfg, &sources))
     }
 
     fn build_vm(&self, engine: &Engine) -> Result<LuaVm, AccessError> {
@@ -153,6 +232,7 @@ impl LuaAccess {
         let vm = match self.vm() {
             Ok(vm) => vm,
             Err(e) => {
+                self.metrics.lua_error("access");
                 return Decision {
                     outcome: AccessOutcome::Respond {
                         status: 500,
@@ -162,6 +242,7 @@ impl LuaAccess {
                     permits: Vec::new(),
                     reason: Some("lua_error".into()),
                     error: Some(e.to_string()),
+                    log: None,
                 };
             }
         };
@@ -169,32 +250,66 @@ impl LuaAccess {
         let access = PERMIT_SLOT.scope(slot.clone(), vm.run_access(req)).await;
         let permits = std::mem::take(&mut *slot.lock().expect("slot lock"));
         let reason = access.ctx.request().vars.get("seckill_reason").cloned();
+        if access.error.is_some() {
+            self.metrics.lua_error("access");
+        }
+        let log = vm.has_log().then(|| LogPhase {
+            vm: vm.clone(),
+            ctx: access.ctx,
+        });
         Decision {
             outcome: access.outcome,
             permits,
             reason,
             error: access.error.map(|e| e.to_string()),
+            log,
+        }
+    }
+
+    /// Runs the log chunk after the response (`status`, `request_time`
+    /// seconds after the request arrived), on the VM the access phase ran
+    /// on. A Lua error is logged and counted; nothing else changes.
+    pub async fn run_log(&self, log: LogPhase, status: u16, request_time: f64) {
+        if let Err(e) = log.vm.run_log(log.ctx, status, request_time).await {
+            self.metrics.lua_error("log");
+            tracing::error!(error = %e, status, "log phase failed");
         }
     }
 
     /// Reloads the Lua files if they changed on disk. Returns `Some(Ok)`
     /// when a new generation serves, `Some(Err)` when the files were
-    /// refused, `None` when nothing changed.
+    /// refused, `None` when nothing changed (or a read error was already
+    /// reported).
     pub fn reload_if_changed(&self) -> Option<Result<(), AccessError>> {
-        let sources = match read_sources(&self.cfg.access) {
+        let sources = match read_sources(&self.cfg) {
             Ok(s) => s,
-            Err(e) => return Some(Err(e)),
+            Err(e) => {
+                let msg = e.to_string();
+                let mut seen = self.seen.lock().expect("seen lock");
+                if seen.failed.as_deref() == Some(msg.as_str()) {
+                    return None;
+                }
+                seen.failed = Some(msg);
+                // Read again once the file is back, even if unchanged.
+                seen.sources = None;
+                drop(seen);
+                self.refused(&e);
+                return Some(Err(e));
+            }
         };
         {
             let mut seen = self.seen.lock().expect("seen lock");
-            if *seen == sources {
+            seen.failed = None;
+            if seen.sources.as_ref() == Some(&sources) {
                 return None;
             }
-            *seen = sources.clone();
+            seen.sources = Some(sources.clone());
         }
         let result = (|| {
+            let scripts = scripts_of(&self.cfg, &sources);
+            trial(&self.cfg, &scripts)?;
             let current = self.engine.read().expect("engine lock").clone();
-            let engine = current.reload(scripts_of(&self.cfg, &sources))?;
+            let engine = current.reload(scripts)?;
             self.build_vm(&engine)?;
             *self.engine.write().expect("engine lock") = engine;
             self.generation.store(
@@ -205,15 +320,22 @@ impl LuaAccess {
         })();
         match &result {
             Ok(()) => {
-                self.metrics.reload("ok");
-                tracing::info!("lua files reloaded");
+                self.metrics.reload("ok", "");
+                tracing::info!(access = %self.cfg.access.display(), "lua files reloaded");
             }
-            Err(e) => {
-                self.metrics.reload("refused");
-                tracing::error!(error = %e, "lua files refused; the previous version keeps serving");
-            }
+            Err(e) => self.refused(e),
         }
         Some(result)
+    }
+
+    fn refused(&self, e: &AccessError) {
+        self.metrics.reload("refused", e.reason());
+        tracing::error!(
+            access = %self.cfg.access.display(),
+            reason = e.reason(),
+            error = %e,
+            "lua files refused; the previous version keeps serving"
+        );
     }
 
     /// Polls the files every `lua.reload_interval_ms` until `shutdown`.
@@ -225,78 +347,204 @@ impl LuaAccess {
                 _ = tokio::time::sleep(every) => {}
             }
             let me = self.clone();
-            // File reads and Lua compilation stay off the async workers.
+            // File reads, Lua compilation and the trial stay off the async
+            // workers.
             let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
         }
     }
 }
 
-/// The access file, then the other `*.lua` files of its directory (sorted).
-fn read_sources(access: &Path) -> Result<Vec<(PathBuf, String)>, AccessError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| AccessError::Read {
-            path: p.to_path_buf(),
-            source,
+/// Runs `scripts` on the trial requests in a node of their own: scratch
+/// dicts and buckets, no permits. On a thread of its own, so it works from
+/// inside or outside a runtime.
+fn trial(cfg: &LuaConfig, scripts: &Scripts) -> Result<(), AccessError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let clock = Arc::new(SystemClock);
+            let dicts = SharedDicts::new(
+                cfg.dicts.iter().map(|(n, s)| (n.as_str(), *s)),
+                clock.clone(),
+            )?;
+            let engine = Engine::new(scripts.clone(), dicts, clock)?;
+            let vm = engine.new_vm()?;
+            install_host_api(&vm, None, Arc::default())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| AccessError::Trial {
+                    request: "setup",
+                    error: e.to_string(),
+                })?;
+            for (method, path, user) in TRIAL_REQUESTS {
+                let name = if method == "POST" { "buy" } else { "api" };
+                let fail = |error: String| AccessError::Trial {
+                    request: name,
+                    error,
+                };
+                let mut req = Request::new(method, path)
+                    .header("Host", "localhost")
+                    .var("user_id", user)
+                    .var("user_role", if user.is_empty() { "" } else { "buyer" });
+                if method == "POST" {
+                    req = req
+                        .header("Content-Type", "application/json")
+                        .with_body(Bytes::from_static(b"{\"qty\":1}"));
+                }
+                rt.block_on(async {
+                    let access = tokio::time::timeout(TRIAL_TIMEOUT, vm.run_access(req))
+                        .await
+                        .map_err(|_| fail(format!("access did not finish in {TRIAL_TIMEOUT:?}")))?;
+                    if let Some(e) = access.error {
+                        return Err(fail(e.to_string()));
+                    }
+                    let status = match access.outcome {
+                        AccessOutcome::Respond { status, .. } => status,
+                        AccessOutcome::Continue { .. } => 200,
+                    };
+                    tokio::time::timeout(TRIAL_TIMEOUT, vm.run_log(access.ctx, status, 0.001))
+                        .await
+                        .map_err(|_| fail(format!("log did not finish in {TRIAL_TIMEOUT:?}")))?
+                        .map_err(|e| fail(e.to_string()))
+                })?;
+            }
+            Ok(())
         })
-    };
-    let mut out = vec![(access.to_path_buf(), read(access)?)];
-    let dir = access.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let mut others: Vec<PathBuf> = std::fs::read_dir(dir)
+        .join()
+        .unwrap_or_else(|_| {
+            Err(AccessError::Trial {
+                request: "setup",
+                error: "the trial panicked".into(),
+            })
+        })
+    })
+}
+
+fn read_file(path: &Path) -> Result<SourceFile, AccessError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AccessError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(SourceFile {
+        path: path.to_path_buf(),
+        text: text.into(),
+    })
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, AccessError> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| AccessError::Read {
             path: dir.to_path_buf(),
             source,
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.extension().is_some_and(|e| e == "lua") && p.file_name() != access.file_name()
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
         })
         .collect();
-    others.sort();
-    for p in others {
-        let src = read(&p)?;
-        out.push((p, src));
-    }
-    Ok(out)
+    entries.sort();
+    Ok(entries)
 }
 
-/// Lua long-bracket literal of `s` at a level that `s` does not close.
-fn long_string(s: &str) -> String {
-    let mut eq = String::new();
-    loop {
-        let close = format!("]{eq}]");
-        if !s.contains(&close) && !s.ends_with(&format!("]{eq}")) {
-            return format!("[{eq}[\n{s}]{eq}]");
+fn is_lua(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "lua") && p.is_file()
+}
+
+/// Every `*.lua` file under `dir` (depth-limited against symlink loops),
+/// with its module name relative to `dir`.
+fn lib_modules(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), AccessError> {
+    for p in read_dir_sorted(dir)? {
+        if p.is_dir() {
+            if depth < 16 {
+                lib_modules(root, &p, depth + 1, out)?;
+            }
+        } else if is_lua(&p) {
+            let rel = p.strip_prefix(root).unwrap_or(&p).with_extension("");
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push((parts.join("."), p));
         }
-        eq.push('=');
+    }
+    Ok(())
+}
+
+/// The access file, the log file, the access directory's other `*.lua`
+/// files, then every `*.lua` file under the lib dirs.
+fn read_sources(cfg: &LuaConfig) -> Result<Sources, AccessError> {
+    let access = read_file(&cfg.access)?;
+    let log = cfg.log.as_deref().map(read_file).transpose()?;
+    let dir = match cfg.access.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut modules = Vec::new();
+    let mut taken = HashSet::new();
+    for p in read_dir_sorted(dir)? {
+        let own = p.file_name() == cfg.access.file_name()
+            || cfg.log.as_deref().is_some_and(|l| same_file(l, &p));
+        if !is_lua(&p) || own {
+            continue;
+        }
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("x");
+        let name = format!("edge.{stem}");
+        taken.insert(name.clone());
+        modules.push((name, read_file(&p)?));
+    }
+    for root in &cfg.lib_dirs {
+        let mut found = Vec::new();
+        lib_modules(root, root, 0, &mut found)?;
+        // As package.path: `dir/x.lua` before `dir/x/init.lua`, then the
+        // next directory.
+        let (plain, inits): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|(n, _)| !n.ends_with(".init"));
+        let inits = inits
+            .into_iter()
+            .filter_map(|(n, p)| n.strip_suffix(".init").map(|n| (n.to_owned(), p)));
+        for (name, path) in plain.into_iter().chain(inits) {
+            if taken.insert(name.clone()) {
+                modules.push((name, read_file(&path)?));
+            }
+        }
+    }
+    Ok(Sources {
+        access,
+        log,
+        modules,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
-fn scripts_of(cfg: &LuaConfig, sources: &[(PathBuf, String)]) -> Scripts {
-    let mut preload = String::new();
-    let mut has_check = false;
-    for (path, src) in sources.iter().skip(1) {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("x");
-        has_check |= stem == "check";
-        preload.push_str(&format!(
-            "package.preload[\"edge.{stem}\"] = assert(load({}, \"=edge/{stem}.lua\"))\n",
-            long_string(src)
-        ));
-    }
-    let mut init = preload.clone();
-    if has_check {
-        init.push_str("require \"edge.check\"\n");
-    }
+fn scripts_of(cfg: &LuaConfig, sources: &Sources) -> Scripts {
+    let has_check = sources.modules.iter().any(|(n, _)| n == "edge.check");
     Scripts {
-        init: Some(init),
-        init_worker: Some(preload),
-        access: sources[0].1.clone(),
-        log: None,
+        init: has_check.then(|| "require \"edge.check\"".to_owned()),
+        init_worker: None,
+        access: sources.access.text.to_string(),
+        log: sources.log.as_ref().map(|l| l.text.to_string()),
         lua_dirs: cfg.lib_dirs.clone(),
+        modules: sources
+            .modules
+            .iter()
+            .map(|(name, f)| Module {
+                name: name.clone(),
+                source: f.text.clone(),
+                chunk_name: format!("@{}", f.path.display()),
+            })
+            .collect(),
     }
 }
 
@@ -405,10 +653,57 @@ fn install_host_api(
 mod tests {
     use super::*;
 
+    fn names(cfg: &LuaConfig) -> Vec<(String, String)> {
+        read_sources(cfg)
+            .expect("readable")
+            .modules
+            .into_iter()
+            .map(|(n, f)| (n, f.text.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn long_strings_cannot_be_closed_by_content() {
-        assert_eq!(long_string("a"), "[[\na]]");
-        assert_eq!(long_string("x]]y"), "[=[\nx]]y]=]");
-        assert_eq!(long_string("x]"), "[=[\nx]]=]");
+    fn modules_are_named_as_package_path_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("edge/access.lua", "return");
+        write("edge/limits.lua", "edge dir");
+        write("edge/log.lua", "log chunk");
+        write("lib1/edge/limits.lua", "lib copy");
+        write("lib1/a/b.lua", "a.b from lib1");
+        write("lib1/x/init.lua", "x from lib1 init");
+        write("lib1/.hidden/y.lua", "hidden");
+        write("lib1/notes.txt", "not lua");
+        write("lib2/a/b.lua", "a.b from lib2");
+        write("lib2/x.lua", "x from lib2");
+        write("lib2/z/init.lua", "z from lib2");
+        let cfg = LuaConfig {
+            access: dir.path().join("edge/access.lua"),
+            log: Some(dir.path().join("edge/log.lua")),
+            lib_dirs: vec![dir.path().join("lib1"), dir.path().join("lib2")],
+            ..LuaConfig::default()
+        };
+        let got = names(&cfg);
+        let want = [
+            ("edge.limits", "edge dir"),
+            ("a.b", "a.b from lib1"),
+            ("x", "x from lib1 init"),
+            ("z", "z from lib2"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want);
+
+        // A missing lib dir is unreadable.
+        let mut missing = cfg.clone();
+        missing.lib_dirs.push(dir.path().join("nope"));
+        let e = read_sources(&missing).unwrap_err();
+        assert_eq!(e.reason(), "unreadable");
     }
 }

@@ -29,6 +29,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The largest `lua.max_body_bytes`: the body read before the access phase
+/// reaches the backend through Pingora's retry buffer, which holds 64 KiB.
+pub const MAX_BODY_LIMIT: usize = 64 * 1024;
+
 /// Everything one edge node needs to start.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,8 +85,16 @@ pub struct LuaConfig {
     /// The access chunk. Every other `*.lua` file of its directory is a
     /// module `edge.<name>` (e.g. `edge.limits`).
     pub access: PathBuf,
-    /// Directories searched by `require` (the repository's `lua/`).
+    /// The log chunk (`log_by_lua`), run after every response of a request
+    /// that went through the access phase. None: no log phase.
+    pub log: Option<PathBuf>,
+    /// Directories searched by `require` (the repository's `lua/`). Every
+    /// `*.lua` file under them is read, watched and preloaded.
     pub lib_dirs: Vec<PathBuf>,
+    /// Largest request body read for the access phase (`ngx.req`), as
+    /// nginx's `client_max_body_size`: a larger one is answered 413. At
+    /// most 65536 (Pingora replays at most 64 KiB of a body it has read).
+    pub max_body_bytes: usize,
     /// How often the Lua files are checked for changes.
     pub reload_interval_ms: u64,
     /// Shared dicts (name → bytes), as `lua_shared_dict`.
@@ -178,7 +190,9 @@ impl Default for LuaConfig {
     fn default() -> Self {
         Self {
             access: "lua/edge/access.lua".into(),
+            log: None,
             lib_dirs: vec!["lua".into()],
+            max_body_bytes: 16_384,
             reload_interval_ms: 500,
             dicts: BTreeMap::from([
                 ("limit_req".into(), 1 << 20),
@@ -366,6 +380,14 @@ impl Config {
                 self.lua.access.display()
             ));
         }
+        if let Some(log) = &self.lua.log
+            && !log.is_file()
+        {
+            return bad(format!("lua.log {} is not a file", log.display()));
+        }
+        if self.lua.max_body_bytes == 0 || self.lua.max_body_bytes > MAX_BODY_LIMIT {
+            return bad(format!("lua.max_body_bytes must be 1..={MAX_BODY_LIMIT}"));
+        }
         if self.pages.max_file_bytes == 0 {
             return bad("pages.max_file_bytes must be positive".into());
         }
@@ -412,6 +434,23 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(!e.contains("auth."), "{e}");
+    }
+
+    #[test]
+    fn lua_body_limit_and_log_file_are_checked() {
+        let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
+        c.lua.access = concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs").into();
+        c.validate().expect("defaults with an existing access file");
+        for bad in [0, MAX_BODY_LIMIT + 1] {
+            c.lua.max_body_bytes = bad;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("lua.max_body_bytes"), "{e}");
+        }
+        c.lua.max_body_bytes = MAX_BODY_LIMIT;
+        c.lua.log = Some("/nonexistent/log.lua".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("lua.log"), "{e}");
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!   escape from the pages directory).
 //! - [`clock`]: `GET /api/time`.
 //! - [`identity`]: client address (trusted proxies) and bearer tokens.
-//! - [`access`]: the Lua access phase on nginx-compat, one VM per worker
-//!   thread, hot reload.
+//! - [`access`]: the Lua access and log phases on nginx-compat, one VM per
+//!   worker thread, hot reload after a trial run.
 //! - [`rate`]: node-wide token buckets the access script calls.
 //! - [`permits`]: per-item buy permits leased from Redis in batches.
 //! - [`upstream`]: backend pool, health checks, selection.

@@ -26,6 +26,7 @@ struct Inner {
     permits: IntCounterVec,
     upstream_seconds: HistogramVec,
     reloads: IntCounterVec,
+    lua_errors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -70,11 +71,22 @@ impl Metrics {
         )
         .expect("metric");
         let reloads = IntCounterVec::new(
-            Opts::new("edge_lua_reloads_total", "Lua reloads by result"),
-            &["result"],
+            Opts::new(
+                "edge_lua_reloads_total",
+                "Lua (re)loads by result (ok, refused) and why refused (unreadable, load, trial)",
+            ),
+            &["result", "reason"],
         )
         .expect("metric");
-        for c in [&requests, &rejections, &permits, &reloads] {
+        let lua_errors = IntCounterVec::new(
+            Opts::new(
+                "edge_lua_errors_total",
+                "Lua errors raised while serving requests, by phase (access, log)",
+            ),
+            &["phase"],
+        )
+        .expect("metric");
+        for c in [&requests, &rejections, &permits, &reloads, &lua_errors] {
             registry.register(Box::new(c.clone())).expect("register");
         }
         registry
@@ -88,6 +100,7 @@ impl Metrics {
                 permits,
                 upstream_seconds,
                 reloads,
+                lua_errors,
             }),
         }
     }
@@ -129,8 +142,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn reload(&self, result: &str) {
-        self.inner.reloads.with_label_values(&[result]).inc();
+    /// A Lua reload: `result` `ok` (reason empty) or `refused` with why.
+    pub fn reload(&self, result: &str, reason: &str) {
+        self.inner
+            .reloads
+            .with_label_values(&[result, reason])
+            .inc();
+    }
+
+    /// A Lua error in a request's `phase` (`access` or `log`).
+    pub fn lua_error(&self, phase: &str) {
+        self.inner.lua_errors.with_label_values(&[phase]).inc();
     }
 
     /// The text exposition of every metric.

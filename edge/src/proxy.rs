@@ -1,11 +1,13 @@
 //! The one `ProxyHttp` of the edge. Each phase delegates:
-//! `request_filter` → [`clock`](crate::clock), [`static_files`], identity,
-//! [`access`](crate::access) (answers early or lets the request pass);
-//! `upstream_peer` / `fail_to_connect` → [`upstream`]; the response phases
-//! settle permits ([`permits`]) from the backend's permit header (a buy
-//! carries its permits in `x-seckill-permit`; the edge strips that header
-//! from what clients send and from what they receive); `logging` records
-//! metrics and the access log.
+//! `request_filter` → [`clock`](crate::clock), [`static_files`], the
+//! request body (read whole, up to `lua.max_body_bytes`, for the access
+//! phase; Pingora forwards it from its retry buffer), identity, nginx's
+//! `$uri`, [`access`](crate::access) (answers early or lets the request
+//! pass); `upstream_peer` / `fail_to_connect` → [`upstream`]; the response
+//! phases settle permits ([`permits`]) from the backend's permit header (a
+//! buy carries its permits in `x-seckill-permit`; the edge strips that
+//! header from what clients send and from what they receive); `logging`
+//! records metrics and the access log, then runs the Lua log phase.
 //!
 //! Retries: only connect failures are retried (on another backend), so a
 //! buy request that reached a backend is never replayed.
@@ -28,7 +30,7 @@ use seckill_proto::permit;
 use serde_json::json;
 
 use crate::{
-    access::LuaAccess,
+    access::{LogPhase, LuaAccess},
     clock,
     identity::{IDENTITY_HEADERS, Identity, ROLE_HEADER, USER_HEADER},
     metrics::Metrics,
@@ -100,6 +102,11 @@ pub struct Ctx {
     /// Set when the edge answered itself, with the reason for metrics.
     answered: Option<&'static str>,
     reason: Option<String>,
+    /// The request body read for the access phase (`None`: no body, or a
+    /// route that streams it).
+    body: Option<Bytes>,
+    /// The request's Lua state for the log phase (only with `lua.log`).
+    lua_log: Option<LogPhase>,
 }
 
 /// The edge's proxy: every module it delegates to.
@@ -114,6 +121,8 @@ pub struct Edge {
     pub connect_retries: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `lua.max_body_bytes`: the largest body read for the access phase.
+    pub max_body_bytes: usize,
 }
 
 /// A JSON error body in the contract's shape.
@@ -153,6 +162,64 @@ async fn drain_small_body(session: &mut Session) {
     if !small || session.drain_request_body().await.is_err() {
         session.set_keepalive(None);
     }
+}
+
+/// How long a client may take to send the body the access phase reads
+/// (nginx's `client_body_timeout`, shorter: buy bodies are tiny).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request body is not handed to the access phase.
+enum BodyRefused {
+    TooLarge,
+    Timeout,
+}
+
+/// Reads the whole request body, up to `limit` bytes, with Pingora's retry
+/// buffer on: that buffer is what Pingora sends to the backend once the
+/// body has been read here (through `request_body_filter`), so the backend
+/// gets exactly the bytes the client sent, and again on a connect retry.
+/// No body: `None`, without allocating.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>, BodyRefused> {
+    if session.is_body_empty() {
+        return Ok(None);
+    }
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyRefused::TooLarge);
+    }
+    session.enable_retry_buffering();
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    loop {
+        let chunk = match tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body()).await
+        {
+            Err(_) => return Err(BodyRefused::Timeout),
+            // A client that breaks off its body: nothing to forward.
+            Ok(Err(_)) => return Err(BodyRefused::Timeout),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        len += chunk.len();
+        if len > limit {
+            return Err(BodyRefused::TooLarge);
+        }
+        match (&first, &mut more) {
+            (None, _) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut m = bytes::BytesMut::with_capacity(len);
+                m.extend_from_slice(f);
+                m.extend_from_slice(&chunk);
+                more = Some(m);
+            }
+            (Some(_), Some(m)) => m.extend_from_slice(&chunk),
+        }
+    }
+    Ok(more.map(|m| m.freeze()).or(first).or(Some(Bytes::new())))
 }
 
 /// Writes a complete response.
@@ -268,6 +335,40 @@ impl Edge {
         Ok(true)
     }
 
+    /// The body for the access phase, then identity and the access phase.
+    /// `Ok(true)`: answered. Admin requests (operators, larger bodies)
+    /// stream their body to the backend unread.
+    async fn read_body_then_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.route != Route::Admin {
+            match read_body(session, self.max_body_bytes).await {
+                Ok(body) => ctx.body = body,
+                Err(refused) => {
+                    // The rest of the body is unread: the connection closes.
+                    session.set_keepalive(None);
+                    let (status, code, reason, msg) = match refused {
+                        BodyRefused::TooLarge => (
+                            413,
+                            "payload_too_large",
+                            "body_too_large",
+                            format!("the request body exceeds {} bytes", self.max_body_bytes),
+                        ),
+                        BodyRefused::Timeout => (
+                            408,
+                            "bad_request",
+                            "body_timeout",
+                            "the request body did not arrive in time".to_owned(),
+                        ),
+                    };
+                    ctx.answered = Some(reason);
+                    self.metrics.rejection(reason);
+                    respond_json(session, status, error_body(code, &msg)).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        self.run_access(session, ctx).await
+    }
+
     /// Identity, then the Lua access phase. `Ok(true)`: answered.
     async fn run_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let peer = session
@@ -301,8 +402,18 @@ impl Edge {
             }
         }
 
-        let mut lreq = Request::new(req.method.as_str(), req.uri.path());
+        // `ngx.var.uri` is nginx's `$uri`; where nginx answers 400, so do we.
+        let mut lreq = match Request::parse(req.method.as_str(), req.uri.path()) {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.answered = Some("bad_uri");
+                self.metrics.rejection("bad_uri");
+                respond_json(session, 400, error_body("bad_request", &e.to_string())).await?;
+                return Ok(true);
+            }
+        };
         lreq.args = req.uri.query().unwrap_or("").to_owned();
+        lreq.body = ctx.body.clone();
         lreq.headers = req
             .headers
             .iter()
@@ -328,6 +439,7 @@ impl Edge {
         let decision = self.access.run(lreq).await;
         ctx.permits = decision.permits;
         ctx.reason = decision.reason;
+        ctx.lua_log = decision.log;
         if let Some(e) = &decision.error {
             tracing::error!(error = %e, "access script failed");
         }
@@ -402,6 +514,8 @@ impl ProxyHttp for Edge {
             response_headers: Vec::new(),
             answered: None,
             reason: None,
+            body: None,
+            lua_log: None,
         }
     }
 
@@ -430,7 +544,9 @@ impl ProxyHttp for Edge {
                 respond_json(session, 404, error_body("not_found", "no such path")).await?;
                 Ok(true)
             }
-            Route::Buy | Route::Api | Route::Admin => self.run_access(session, ctx).await,
+            Route::Buy | Route::Api | Route::Admin => {
+                self.read_body_then_access(session, ctx).await
+            }
         }
     }
 
@@ -602,5 +718,14 @@ impl ProxyHttp for Edge {
             ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
             error = e.map(|e| e.to_string()).unwrap_or_default(),
         );
+        // The Lua log phase (log_by_lua), for every request that ran the
+        // access phase, answered by the edge, the backend or a failure.
+        // Nothing written means the client went away: nginx's 499.
+        if let Some(log) = ctx.lua_log.take() {
+            let status = if status == 0 { 499 } else { status };
+            self.access
+                .run_log(log, status, ctx.start.elapsed().as_secs_f64())
+                .await;
+        }
     }
 }

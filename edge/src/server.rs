@@ -144,6 +144,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         connect_retries: cfg.upstream.connect_retries,
         connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
         read_timeout: Duration::from_millis(cfg.upstream.read_timeout_ms),
+        max_body_bytes: cfg.lua.max_body_bytes,
     };
 
     let conf = ServerConf {

@@ -6,6 +6,7 @@
 //! - [`clock`]: the time source shared by dict TTLs and `ngx.now`.
 //! - [`shdict`]: `ngx.shared.DICT` implemented in Rust, node-wide.
 //! - [`request`]: what the host passes in and gets back per request.
+//! - [`uri`]: nginx's `$uri` normalisation.
 //! - [`vm`]: [`Engine`] (one per node) and [`LuaVm`] (one per worker
 //!   thread) running the `init`, access and log chunks.
 //! - `lua_api`: the `ngx` table, `cjson`, and their bindings.
@@ -41,6 +42,7 @@ pub mod error;
 mod lua_api;
 pub mod request;
 pub mod shdict;
+pub mod uri;
 pub mod vm;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -48,4 +50,5 @@ pub use error::Error;
 pub use lua_api::{NGINX_VERSION, NGX_LUA_VERSION};
 pub use request::{AccessOutcome, Request, RequestCtx};
 pub use shdict::{DictError, DictValue, SetMode, SharedDict, SharedDicts};
-pub use vm::{Access, Engine, LuaVm, Scripts, default_lua_dir};
+pub use uri::UriError;
+pub use vm::{Access, Engine, LuaVm, Module, Scripts, default_lua_dir};

@@ -5,15 +5,22 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use bytes::Bytes;
 use mlua::Table;
+
+use crate::uri::{self, UriError};
 
 /// A request as the edge sees it after parsing, before the access phase.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// `GET`, `POST`, ...
     pub method: String,
-    /// The path, without the query string (`ngx.var.uri`).
+    /// The normalised path, without the query string (`ngx.var.uri`, as
+    /// nginx's `$uri`; see [`uri::normalize`]).
     pub uri: String,
+    /// The path as received, when it differs from `uri` (used by
+    /// `ngx.var.request_uri`).
+    pub raw_path: Option<String>,
     /// The query string without `?` (`ngx.var.args`), may be empty.
     pub args: String,
     /// Request headers in arrival order (names in any case).
@@ -29,6 +36,9 @@ pub struct Request {
     /// Extra variables set by the host (e.g. a verified user id), exposed as
     /// `ngx.var.<name>`; scripts may add to them with `ngx.var.x = ...`.
     pub vars: HashMap<String, String>,
+    /// The request body the host has read, if any: what
+    /// `ngx.req.get_body_data()` returns after `ngx.req.read_body()`.
+    pub body: Option<Bytes>,
 }
 
 impl Default for Request {
@@ -36,6 +46,7 @@ impl Default for Request {
         Self {
             method: "GET".into(),
             uri: "/".into(),
+            raw_path: None,
             args: String::new(),
             headers: Vec::new(),
             remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -43,20 +54,46 @@ impl Default for Request {
             host: "localhost".into(),
             server_port: 80,
             vars: HashMap::new(),
+            body: None,
         }
     }
 }
 
 impl Request {
     /// A request for `method` and `target` (path with optional `?query`).
+    /// The path is normalised for `ngx.var.uri`; a path nginx would refuse
+    /// (see [`Request::parse`]) is kept as it is.
     pub fn new(method: &str, target: &str) -> Self {
-        let (uri, args) = target.split_once('?').unwrap_or((target, ""));
-        Self {
+        Self::parse(method, target).unwrap_or_else(|_| {
+            let (path, args) = target.split_once('?').unwrap_or((target, ""));
+            Self {
+                method: method.to_owned(),
+                uri: path.to_owned(),
+                args: args.to_owned(),
+                ..Self::default()
+            }
+        })
+    }
+
+    /// Like [`Request::new`], but fails where nginx answers `400`: a path
+    /// with an invalid or NUL escape, or climbing above the root.
+    pub fn parse(method: &str, target: &str) -> Result<Self, UriError> {
+        let (path, args) = target.split_once('?').unwrap_or((target, ""));
+        let uri = uri::normalize(path)?;
+        let raw_path = (uri != path).then(|| path.to_owned());
+        Ok(Self {
             method: method.to_owned(),
-            uri: uri.to_owned(),
+            uri,
+            raw_path,
             args: args.to_owned(),
             ..Self::default()
-        }
+        })
+    }
+
+    /// Sets the request body (`ngx.req.get_body_data`).
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
     }
 
     /// Adds a request header.
@@ -77,12 +114,13 @@ impl Request {
         self
     }
 
-    /// `ngx.var.request_uri`: the path and the query string.
+    /// `ngx.var.request_uri`: the path as received and the query string.
     pub fn request_uri(&self) -> String {
+        let path = self.raw_path.as_deref().unwrap_or(&self.uri);
         if self.args.is_empty() {
-            self.uri.clone()
+            path.to_owned()
         } else {
-            format!("{}?{}", self.uri, self.args)
+            format!("{path}?{}", self.args)
         }
     }
 
@@ -171,6 +209,8 @@ pub(crate) struct ReqState {
     pub(crate) body_started: bool,
     pub(crate) set_headers: Vec<(String, String)>,
     pub(crate) cleared_headers: Vec<String>,
+    /// `ngx.req.read_body()` was called (and the body not discarded).
+    pub(crate) body_read: bool,
 }
 
 impl ReqState {
@@ -189,6 +229,7 @@ impl ReqState {
             body_started: false,
             set_headers: Vec::new(),
             cleared_headers: Vec::new(),
+            body_read: false,
         }
     }
 }

@@ -37,6 +37,23 @@ pub struct Scripts {
     /// before the default `package.path`. Put the repository's `lua/` here
     /// so `require "resty.limit.req"` finds our modules.
     pub lua_dirs: Vec<PathBuf>,
+    /// Module sources given by the host, found by `require` before
+    /// `lua_dirs` (through `package.preload`) and compiled on first use in
+    /// each VM. A host that reads its modules itself gives every VM of one
+    /// configuration the same text, whatever changes on disk later.
+    pub modules: Vec<Module>,
+}
+
+/// A Lua module's source, for [`Scripts::modules`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// The name `require` is called with (`resty.limit.conn`).
+    pub name: String,
+    /// The source text.
+    pub source: Arc<str>,
+    /// The chunk name in error messages and tracebacks (`@path/to/file.lua`
+    /// shows as `path/to/file.lua:LINE:`).
+    pub chunk_name: String,
 }
 
 impl Scripts {
@@ -165,6 +182,39 @@ impl Engine {
         }
         let default_path: String = package.get("path")?;
         package.set("path", format!("{path}{default_path}"))?;
+        if !scripts.modules.is_empty() {
+            // The loader is Lua so that errors raised while a module runs
+            // reach `require`'s caller as plain Lua errors.
+            let make: Function = lua
+                .load(
+                    "local compile = ...
+                     return function(...)
+                       local f, err = compile()
+                       if not f then error(err, 0) end
+                       return f(...)
+                     end",
+                )
+                .set_name("=preload")
+                .into_function()?;
+            let preload: mlua::Table = package.get("preload")?;
+            for m in &scripts.modules {
+                let (source, chunk_name) = (m.source.clone(), m.chunk_name.clone());
+                let compile = lua.create_function(move |lua, ()| {
+                    Ok(
+                        match lua
+                            .load(&*source)
+                            .set_name(chunk_name.as_str())
+                            .into_function()
+                        {
+                            Ok(f) => (Some(f), None),
+                            Err(mlua::Error::SyntaxError { message, .. }) => (None, Some(message)),
+                            Err(e) => (None, Some(e.to_string())),
+                        },
+                    )
+                })?;
+                preload.set(m.name.as_str(), make.call::<Function>(compile)?)?;
+            }
+        }
 
         let access = load(&lua, &scripts.access, "access")?;
         let log = scripts
@@ -263,6 +313,12 @@ impl LuaVm {
             phase: "log",
             source,
         })
+    }
+
+    /// Whether a log chunk is configured: a host may skip keeping the
+    /// request's state for [`LuaVm::run_log`] when there is none.
+    pub fn has_log(&self) -> bool {
+        self.log.is_some()
     }
 
     /// The underlying Lua state, for hosts that add their own functions.

@@ -503,11 +503,29 @@ pub fn limits(
     )
 }
 
+/// Lua files and settings for [`Edge::start_with`].
+#[derive(Clone, Default)]
+pub struct LuaSetup {
+    /// Replaces the shipped access.lua.
+    pub access: Option<String>,
+    /// The log chunk (`[lua] log`), written as `log.lua` beside access.lua.
+    pub log: Option<String>,
+    /// Modules written under the edge's own lib dir (listed first in
+    /// `lib_dirs`), by path relative to it (`policy/answer.lua`).
+    pub lib_files: Vec<(String, String)>,
+    /// `[lua] max_body_bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// Extra environment for the edge (`SECKILL_EDGE__...`).
+    pub env: Vec<(String, String)>,
+}
+
 /// The edge binary running as a child process.
 pub struct Edge {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub lua_dir: PathBuf,
+    /// The edge's own lib dir (first in `lib_dirs`).
+    pub lib_dir: PathBuf,
     pub client: reqwest::Client,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -515,6 +533,10 @@ pub struct Edge {
 
 impl Edge {
     pub async fn start(opts: &EdgeOptions) -> Self {
+        Self::start_with(opts, &LuaSetup::default()).await
+    }
+
+    pub async fn start_with(opts: &EdgeOptions, setup: &LuaSetup) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let lua_dir = dir.path().join("edge");
         std::fs::create_dir_all(&lua_dir).unwrap();
@@ -522,6 +544,32 @@ impl Edge {
             std::fs::copy(repo_root().join("lua/edge").join(f), lua_dir.join(f)).unwrap();
         }
         std::fs::write(lua_dir.join("limits.lua"), &opts.limits).unwrap();
+        if let Some(src) = &setup.access {
+            std::fs::write(lua_dir.join("access.lua"), src).unwrap();
+        }
+        let lib_dir = dir.path().join("lib");
+        for (rel, src) in &setup.lib_files {
+            let p = lib_dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, src).unwrap();
+        }
+        let mut lua_extra = String::new();
+        if let Some(src) = &setup.log {
+            std::fs::write(lua_dir.join("log.lua"), src).unwrap();
+            lua_extra.push_str(&format!("log = \"{}/log.lua\"\n", lua_dir.display()));
+        }
+        if let Some(n) = setup.max_body_bytes {
+            lua_extra.push_str(&format!("max_body_bytes = {n}\n"));
+        }
+        let libs = if setup.lib_files.is_empty() {
+            format!("\"{}\"", repo_root().join("lua").display())
+        } else {
+            format!(
+                "\"{}\", \"{}\"",
+                lib_dir.display(),
+                repo_root().join("lua").display()
+            )
+        };
         let port = free_port();
         let mport = free_port();
         let backends: Vec<String> = if opts.backends.is_empty() {
@@ -556,9 +604,9 @@ cache_ttl_ms = 200
 
 [lua]
 access = "{lua}/access.lua"
-lib_dirs = ["{lib}"]
+lib_dirs = [{libs}]
 reload_interval_ms = 100
-
+{lua_extra}
 [upstream]
 backends = [{backends}]
 health_interval_ms = 200
@@ -578,7 +626,6 @@ redis_timeout_ms = {rt}
             secret = opts.secret,
             pages = opts.pages.display(),
             lua = lua_dir.display(),
-            lib = repo_root().join("lua").display(),
             backends = backends.join(", "),
             redis = opts.redis_url,
             prefix = opts.prefix,
@@ -597,6 +644,7 @@ redis_timeout_ms = {rt}
                 "RUST_LOG",
                 std::env::var("EDGE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -611,6 +659,7 @@ redis_timeout_ms = {rt}
             addr,
             metrics_addr,
             lua_dir,
+            lib_dir,
             client,
             child: Some(child),
             _dir: dir,

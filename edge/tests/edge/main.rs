@@ -4,6 +4,7 @@
 mod helpers;
 mod lease;
 mod limits;
+mod lua_phases;
 mod permits;
 mod sale;
 mod static_pages;

@@ -175,10 +175,42 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
         "start_time",
         lua.create_function(|lua, ()| with_req(lua, |st| Ok(st.start)))?,
     )?;
-    req.raw_set("read_body", lua.create_function(|_, ()| Ok(()))?)?;
-    req.raw_set("discard_body", lua.create_function(|_, ()| Ok(()))?)?;
+    // The host reads the body (up to its limit) before the access phase, so
+    // read_body never waits; as in OpenResty, get_body_data and
+    // get_post_args see the body only after read_body.
+    req.raw_set(
+        "read_body",
+        lua.create_function(|lua, ()| {
+            with_req(lua, |st| {
+                st.body_read = st.req.body.is_some();
+                Ok(())
+            })
+        })?,
+    )?;
+    req.raw_set(
+        "discard_body",
+        lua.create_function(|lua, ()| {
+            with_req(lua, |st| {
+                st.body_read = false;
+                st.req.body = None;
+                Ok(())
+            })
+        })?,
+    )?;
     req.raw_set(
         "get_body_data",
+        lua.create_function(|lua, max: Option<usize>| {
+            with_req(lua, |st| match &st.req.body {
+                Some(b) if st.body_read && !b.is_empty() => {
+                    let n = max.filter(|&m| m > 0).map_or(b.len(), |m| m.min(b.len()));
+                    Ok(Value::String(lua.create_string(&b[..n])?))
+                }
+                _ => Ok(Value::Nil),
+            })
+        })?,
+    )?;
+    req.raw_set(
+        "get_body_file",
         lua.create_function(|_, ()| Ok(Value::Nil))?,
     )?;
     req.raw_set(
@@ -190,7 +222,15 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     )?;
     req.raw_set(
         "get_post_args",
-        lua.create_function(|lua, _: Option<usize>| lua.create_table())?,
+        lua.create_function(|lua, max: Option<usize>| {
+            let body = with_req(lua, |st| Ok(st.req.body.clone().filter(|_| st.body_read)))?;
+            let Some(body) = body else {
+                return Ok((Value::Nil, Some("no request body found")));
+            };
+            let body = String::from_utf8_lossy(&body);
+            let t = args_table(lua, &body, max.unwrap_or(100))?;
+            Ok((Value::Table(t), None))
+        })?,
     )?;
     // Header tables answer any spelling: `h.user_agent`, `h["User-Agent"]`.
     let headers_meta = lua.create_table()?;
