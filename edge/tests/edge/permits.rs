@@ -209,20 +209,12 @@ async fn multi_unit_buys_and_expired_orders_keep_the_count_exact() {
         log.clone(),
     )
     .await;
-    let hist: std::collections::BTreeMap<u16, usize> =
-        log.lock()
-            .unwrap()
-            .iter()
-            .fold(Default::default(), |mut m, t| {
-                *m.entry(t.status).or_default() += 1;
-                m
-            });
     assert_eq!(
         bought(&results),
         10,
-        "{:?} {hist:?} {}",
-        backend.counters(round, item_id).await,
-        edge.metrics().await
+        "finals {:?}; counters {:?}",
+        finals(&results),
+        backend.counters(round, item_id).await
     );
     assert!(
         results.iter().all(|(s, _)| [202, 410].contains(s)),

@@ -186,6 +186,7 @@ async fn identity_headers_are_the_edges_and_connect_failures_move_on() {
     let parts: Vec<&str> = named[0].split(';').collect();
     assert_eq!(parts[0], opts.node_id, "{buy}");
     assert_eq!(parts.len(), 3, "{buy}");
+    assert_eq!(parts[2], "2", "a permit per unit bought: {buy}");
 
     // One backend stops accepting (still believed healthy): every request
     // is still served, by the other one.
