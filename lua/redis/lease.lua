@@ -16,6 +16,8 @@
 -- Redis holds for it; otherwise (the lease expired and was reclaimed, or
 -- the node restarted) the old lease's units go back to the pool and a new
 -- lease starts: the node drops whatever it held under the old generation.
+-- A pure renewal (`lease` with want 0) never ends or starts a lease: one
+-- naming another generation only tells the node it holds none.
 -- Every unit a buy takes from a lease is taken by reserve.lua in the same
 -- step that reserves it, so a lease always holds exactly the node's unused
 -- permits: what a reclaimed lease gives back is exact, with no guesses.
@@ -37,6 +39,12 @@ local now = redis_now()
 local total, mine = live_leases(leases, exps, gens, now, node)
 local current = redis.call('HGET', gens, node)
 if current and not (mode == 'lease' and current == gen) then
+  if mode == 'lease' and want == 0 then
+    -- A renewal naming another generation changes nothing (it may have
+    -- crossed a newer lease on its way): the node learns it holds none.
+    return {'ok', 0, math.max(0, available - total), available, '0', 0,
+      total - mine}
+  end
   drop_lease(leases, exps, gens, node)
   total = total - mine
   mine = 0

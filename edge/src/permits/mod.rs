@@ -281,7 +281,9 @@ impl Permits {
             Probe(None)
         };
         let deadline = self.inner.settings.redis_timeout;
-        let Ok(_refill) = tokio::time::timeout(deadline, item.refill.lock()).await else {
+        // Whoever holds the lock is in a lease call bounded by the same
+        // deadline.
+        let Ok(_refill) = tokio::time::timeout(deadline * 2, item.refill.lock()).await else {
             return self.unavailable();
         };
         // Someone else may have refilled while we waited.
@@ -486,6 +488,11 @@ impl Permits {
     /// Renews every lease in one round trip: a lease whose permits got
     /// uncertain is started anew, an idle one (no buy for a lease TTL, none
     /// in flight) is handed back. Called every third of the lease TTL.
+    ///
+    /// A plain renewal takes no lock, so buyers never wait for it: it
+    /// cannot end or start a lease (`lease.lua`), and its answer is applied
+    /// only if no buy changed the lease meanwhile. Restarting or handing
+    /// back a lease takes the item's refill lock, if free.
     pub async fn renew(&self) {
         let items: Vec<(ItemId, Arc<Item>)> = {
             let items = self.inner.items.lock().expect("permits lock");
@@ -496,24 +503,27 @@ impl Permits {
         let mut calls = Vec::new();
         let mut held = Vec::new();
         for (id, item) in &items {
-            let Ok(guard) = item.refill.try_lock() else {
-                continue;
-            };
             let l = item.local.lock().expect("permit lock");
             if !l.holds_lease() {
                 continue;
             }
             let idle = now.duration_since(l.last_used) >= ttl && l.in_flight == 0;
-            let (mode, generation, want) = if idle && !l.resync {
+            let (mode, generation, want) = if l.resync {
+                l.call(self.inner.settings.batch)
+            } else if idle {
                 (Mode::Release, l.generation, 0)
             } else {
-                l.call(if l.resync {
-                    self.inner.settings.batch
-                } else {
-                    0
-                })
+                (Mode::Lease, l.generation, 0)
             };
             drop(l);
+            let guard = if mode == Mode::Lease {
+                None
+            } else {
+                match item.refill.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(_) => continue,
+                }
+            };
             calls.push(LeaseCall {
                 item: *id,
                 mode,
@@ -534,7 +544,8 @@ impl Permits {
                 tracing::warn!(error = %e, items = calls.len(), "lease renewal failed");
                 self.inner.down.store(true, Ordering::Release);
                 for ((item, _), call) in held.iter().zip(&calls) {
-                    if call.want > 0 || call.mode != Mode::Lease {
+                    if call.mode != Mode::Lease {
+                        // It may still run: start over at the next call.
                         item.local.lock().expect("permit lock").resync = true;
                     }
                 }
@@ -544,6 +555,10 @@ impl Permits {
         self.inner.down.store(false, Ordering::Release);
         for (((item, _), call), reply) in held.iter().zip(&calls).zip(replies) {
             let mut l = item.local.lock().expect("permit lock");
+            if call.mode == Mode::Lease && l.generation != call.generation {
+                // A buy renewed or restarted the lease meanwhile.
+                continue;
+            }
             match reply {
                 Ok(LeaseReply::Granted {
                     granted,
@@ -556,9 +571,7 @@ impl Permits {
                         self.inner.metrics.permits(call.item, "released", dropped);
                     } else {
                         let blocked = l.blocked;
-                        self.apply(
-                            call.item, &mut l, sent, call.mode, granted, generation, held,
-                        );
+                        self.apply(call.item, &mut l, sent, call.mode, granted, generation, held);
                         l.blocked = blocked;
                     }
                 }
