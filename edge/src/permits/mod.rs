@@ -571,7 +571,9 @@ impl Permits {
                         self.inner.metrics.permits(call.item, "released", dropped);
                     } else {
                         let blocked = l.blocked;
-                        self.apply(call.item, &mut l, sent, call.mode, granted, generation, held);
+                        self.apply(
+                            call.item, &mut l, sent, call.mode, granted, generation, held,
+                        );
                         l.blocked = blocked;
                     }
                 }

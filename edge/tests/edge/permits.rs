@@ -155,11 +155,13 @@ async fn an_edge_killed_with_buys_in_flight_strands_nothing() {
     a.kill();
     let results = sale.await.unwrap();
 
-    // Every unit sold once, to one buyer each; nothing stranded.
-    assert_eq!(
-        bought(&results),
-        50,
-        "in flight at the kill: {in_flight_at_kill}; finals {:?}; counters {:?}",
+    // Every unit sold once; nothing stranded. Buyers whose answer died
+    // with A hold their unit without having been told (their retry found
+    // the item sold out at B): at most what A had in flight, two batches.
+    let told = bought(&results);
+    assert!(
+        told <= 50 && 50 - told <= 2 * opts.batch as usize,
+        "{told} told; in flight at the kill: {in_flight_at_kill}; finals {:?}; counters {:?}",
         finals(&results),
         backend.counters(round, item_id).await
     );
