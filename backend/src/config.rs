@@ -31,6 +31,7 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     pub pages: PagesConfig,
     pub clock: ClockConfig,
+    pub durability: DurabilityConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -192,6 +193,26 @@ pub struct PagesConfig {
     pub dir: PathBuf,
 }
 
+/// Where buys and orders wait on local disk while Redis or RabbitMQ is
+/// away (`crate::durable`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// Directory of this process's order spool (one process per directory).
+    pub spool_dir: PathBuf,
+    /// Directory of this process's buy journal (one process per directory).
+    pub journal_dir: PathBuf,
+    /// Most order messages the spool holds; past it a buy whose publish is
+    /// not confirmed is released and answered 503.
+    pub spool_max_entries: usize,
+    /// Most journaled buys per item waiting for Redis; past it buys answer
+    /// 503. Default: the item's stock.
+    pub journal_bound: Option<usize>,
+    /// Where the order writer runs in this process, spooled orders are
+    /// handed to it directly once the broker has failed this long.
+    pub direct_after_ms: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClockConfig {
@@ -290,6 +311,18 @@ impl Default for LifecycleConfig {
             backlog_threshold_ms: 120_000,
             queued_grace_ms: 10_000,
             expiry_grace_ms: 2_000,
+        }
+    }
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        Self {
+            spool_dir: PathBuf::from("spool"),
+            journal_dir: PathBuf::from("journal"),
+            spool_max_entries: 100_000,
+            journal_bound: None,
+            direct_after_ms: 10_000,
         }
     }
 }
@@ -441,6 +474,28 @@ impl Config {
         if self.pages.dir.as_os_str().is_empty() {
             return Err(invalid("pages.dir", "must not be empty"));
         }
+        let d = &self.durability;
+        if d.spool_dir.as_os_str().is_empty() || d.journal_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "durability",
+                "spool_dir and journal_dir must not be empty",
+            ));
+        }
+        if d.spool_dir == d.journal_dir {
+            return Err(invalid(
+                "durability.journal_dir",
+                "must differ from durability.spool_dir",
+            ));
+        }
+        if d.spool_max_entries == 0 || d.spool_max_entries > 10_000_000 {
+            return Err(invalid("durability.spool_max_entries", "1-10000000"));
+        }
+        if d.journal_bound == Some(0) || d.journal_bound.is_some_and(|b| b > 10_000_000) {
+            return Err(invalid("durability.journal_bound", "1-10000000 when set"));
+        }
+        if d.direct_after_ms == 0 {
+            return Err(invalid("durability.direct_after_ms", "must be positive"));
+        }
         if self.clock.offset_ms.abs() > MAX_CLOCK_OFFSET_MS {
             return Err(invalid(
                 "clock.offset_ms",
@@ -480,6 +535,7 @@ impl fmt::Debug for Config {
             .field("lifecycle", &self.lifecycle)
             .field("pages", &self.pages)
             .field("clock", &self.clock)
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -542,6 +598,25 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn durability_rules() {
+        let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
+        c.durability.journal_dir = c.durability.spool_dir.clone();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "durability.journal_dir",
+                ..
+            })
+        ));
+        c.durability.journal_dir = "j".into();
+        c.durability.journal_bound = Some(0);
+        assert!(c.validate().is_err());
+        c.durability.journal_bound = Some(5);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`config`] — typed, layered, validated configuration
 //! - [`auth`] — HS256 bearer tokens shared with the edge
 //! - [`domain`] — pure types: rounds and approval, attempts, buy requests
+//! - [`durable`] — the buy journal and the order spool on local disk
 //! - [`store`] — Redis sale state (scripts in `lua/redis/`) and the database
 //! - [`queue`] — RabbitMQ topology, confirmed publisher, order writer
 //! - [`lifecycle`] — payment, expiry, the sweep, dead letters, reconciling
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod durable;
 pub mod lifecycle;
 pub mod pages;
 pub mod payment;

@@ -2,10 +2,16 @@
 //! shutdown signal: API server, metrics server, order writer, and the
 //! lifecycle jobs (expiry consumer, sweep) wherever the writer runs.
 //!
+//! A `serve` process also owns a buy journal and an order spool on local
+//! disk (`durability.*`), opened before anything binds; one left non-empty
+//! by an earlier run is drained first (published / replayed once before the
+//! API accepts buys, then by the background drainer and replayer).
+//!
 //! Shutdown order: stop accepting and finish in-flight requests (every buy
-//! ends confirmed or released), then stop the writer, which commits and acks
-//! the batch in hand, and the lifecycle jobs; all within the configured
-//! grace period.
+//! ends confirmed, spooled, journaled or released), then stop the spool
+//! drainer, the journal replayer (what they hold stays on disk), the writer,
+//! which commits and acks the batch in hand, and the lifecycle jobs; all
+//! within the configured grace period.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -18,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{self, Clock, SystemClock},
     config::Config,
+    durable::Durable,
     lifecycle::{self, Lifecycle},
     pages::PageRenderer,
     payment::{self, PaymentProvider},
@@ -96,6 +103,9 @@ impl Application {
     pub async fn build(config: Config, mut opts: BuildOptions) -> anyhow::Result<Self> {
         let config = Arc::new(config);
         opts.clock = clock::with_offset(opts.clock, config.clock.offset_ms);
+        let durable = Durable::open(&config.durability)
+            .await
+            .context("opening the buy journal and the order spool")?;
         let (sale, db) = connect_stores(&config).await?;
         let provider = opts
             .provider
@@ -113,7 +123,7 @@ impl Application {
             Topology::from_config(&config),
         ));
         if let Err(e) = publisher.warm_up().await {
-            tracing::warn!(error = %e, "rabbitmq not reachable yet; buys answer 503 until it is");
+            tracing::warn!(error = %e, "rabbitmq not reachable yet; order messages are spooled until it is");
         }
         let pages = Arc::new(PageRenderer::new(config.pages.dir.clone()));
         pages
@@ -133,6 +143,7 @@ impl Application {
             pages,
             config: config.clone(),
             lifecycle: lc.clone(),
+            durable,
         };
         let workers = config
             .writer
@@ -175,10 +186,26 @@ impl Application {
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let grace = self.state.config.shutdown_grace();
         let writer_stop = CancellationToken::new();
-        let worker_tasks = self
+        let direct = self.workers.as_ref().map(|w| w.writer.clone());
+        drain_first(&self.state).await;
+        let mut worker_tasks = self
             .workers
             .map(|w| w.spawn(&writer_stop))
             .unwrap_or_default();
+        let st = &self.state;
+        worker_tasks.push(tokio::spawn(lifecycle::spool_drain::run(
+            st.durable.spool.clone(),
+            st.publisher.clone(),
+            direct,
+            Duration::from_millis(st.config.durability.direct_after_ms),
+            writer_stop.clone(),
+        )));
+        worker_tasks.push(tokio::spawn(lifecycle::replay::run(
+            st.lifecycle.clone(),
+            st.publisher.clone(),
+            st.durable.clone(),
+            writer_stop.clone(),
+        )));
 
         let metrics_task = self.metrics_listener.map(|l| {
             let handle = telemetry::metrics_handle();
@@ -209,6 +236,44 @@ impl Application {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
         served.context("api server")
+    }
+}
+
+/// Drains what an earlier run left in the spool and the journal before the
+/// API takes buys, as far as the broker and Redis allow right now (bounded
+/// by the confirm timeout); the background jobs do the rest.
+async fn drain_first(st: &AppState) {
+    let spool = &st.durable.spool;
+    let journal = &st.durable.journal;
+    if !spool.is_empty() {
+        tracing::info!(
+            depth = spool.len(),
+            "draining the order spool left by an earlier run"
+        );
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(st.config.rabbitmq.confirm_timeout_ms);
+        while !spool.is_empty() && tokio::time::Instant::now() < deadline {
+            if lifecycle::spool_drain::publish_oldest(spool, &st.publisher, 64)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    if !journal.is_empty() {
+        tracing::info!(
+            depth = journal.len(),
+            "replaying the buy journal left by an earlier run"
+        );
+        if st.sale.ping().await.is_ok() {
+            let p = lifecycle::replay::pass(&st.lifecycle, &st.publisher, &st.durable).await;
+            tracing::info!(
+                decided = p.decided,
+                waiting = p.waiting,
+                "journal replayed before serving"
+            );
+        }
     }
 }
 

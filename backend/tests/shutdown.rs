@@ -73,6 +73,11 @@ async fn sigterm_drains_in_flight_buys() {
         .env("SECKILL__RABBITMQ__QUEUE", &queue)
         .env("SECKILL__DATABASE__URL", &db_url)
         .env("SECKILL__PAGES__DIR", dir.path().join("pages"))
+        .env("SECKILL__DURABILITY__SPOOL_DIR", dir.path().join("spool"))
+        .env(
+            "SECKILL__DURABILITY__JOURNAL_DIR",
+            dir.path().join("journal"),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -235,6 +235,8 @@ async fn run_scenario(
         sweep_interval_ms: 500,
         backlog_threshold_ms: 30_000,
         clock_offsets_ms: sc.clock_offsets_ms(),
+        direct_writer: sc.direct_writer(),
+        direct_after_ms: 3_000,
     };
     let mut stack = Stack::start(spec.clone()).await?;
 

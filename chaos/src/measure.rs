@@ -60,6 +60,16 @@ pub struct Row {
     /// than their own non-payment (`expired`), by reason.
     pub false_accepts: u64,
     pub false_accept_reasons: BTreeMap<String, u64>,
+    /// Buyers first told `202 processing` (journaled while Redis was away).
+    pub journaled: u64,
+    /// Of those, the ones whose replay was refused (`sold_out`, …): not
+    /// false accepts — `processing` promises nothing — but bounded by the
+    /// journal (by default each item's stock).
+    pub processing_refused: u64,
+    /// The journal's bound over the round's items (the default: the stock).
+    pub journal_bound: i64,
+    /// (Scenario 12) orders written while the broker was still down.
+    pub orders_while_broker_down: Option<u64>,
     /// Reservations the fault itself destroyed (Redis restarts only): told
     /// 202, made before the kill, absent from Redis right after the
     /// restart and without an order in the database at that moment (an
@@ -154,10 +164,22 @@ pub async fn attempt_states(
                 Ok(a) => ItemKeys::new(prefix, a.round_id, a.item_id).attempt(id),
                 Err(_) => format!("{prefix}:unparsable:{id}"),
             };
+            // A journaled buy the replay refused has no attempt, only its
+            // recorded answer.
+            let refusal = match id.parse::<AttemptId>() {
+                Ok(a) => ItemKeys::new(prefix, a.round_id, a.item_id).journaled(id),
+                Err(_) => format!("{prefix}:unparsable:{id}"),
+            };
             pipe.cmd("HMGET").arg(key).arg("status").arg("reason");
+            pipe.cmd("HMGET").arg(refusal).arg("status").arg("reason");
         }
         let v: Vec<(Option<String>, Option<String>)> = pipe.query_async(redis).await?;
-        for (id, st) in chunk.iter().zip(v) {
+        for (id, pair) in chunk.iter().zip(v.chunks(2)) {
+            let st = if pair[0].0.is_some() {
+                pair[0].clone()
+            } else {
+                pair[1].clone()
+            };
             out.insert((*id).clone(), st);
         }
     }
@@ -252,6 +274,8 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         available_at_fault: inp.fault.available_at_fault,
         unsold_at_fault: inp.fault.unsold_at_fault,
         notes: inp.fault.notes.clone(),
+        journal_bound: inp.round.total_stock(),
+        orders_while_broker_down: inp.fault.orders_while_down,
         ..Default::default()
     };
     for (outcome, n) in inp.buy_outcomes {
@@ -403,6 +427,15 @@ pub fn row(inp: &Inputs<'_>) -> Row {
             .into_iter()
             .flatten()
             .find(|reason| reason != "expired");
+        if t.processing {
+            r.journaled += 1;
+        }
+        // `processing` then refused without an order: the journal's
+        // replay said no; the buyer was never told the units were theirs.
+        if t.processing && false_reason.is_some() && !orders.contains_key(id.as_str()) {
+            r.processing_refused += 1;
+            continue;
+        }
         if let Some(reason) = false_reason {
             r.false_accepts += 1;
             *r.false_accept_reasons.entry(reason).or_default() += 1;
@@ -553,6 +586,21 @@ fn judge(r: &mut Row, fault: &FaultRecord) {
     if r.acked_lost > 0 {
         why.push(format!("{} acknowledged buys lost", r.acked_lost));
     }
+    if r.processing_refused as i64 > r.journal_bound {
+        why.push(format!(
+            "{} buyers told processing were refused, beyond the journal bound {}",
+            r.processing_refused, r.journal_bound
+        ));
+    }
+    if fault.no_503_goal && r.answers_503 > 0 {
+        why.push(format!(
+            "{} buys answered 503 while the spool had room",
+            r.answers_503
+        ));
+    }
+    if fault.orders_while_down == Some(0) {
+        why.push("no order written while the broker was down".into());
+    }
     if r.paid_not_sold > 0 {
         why.push(format!("{} paid orders not sold", r.paid_not_sold));
     }
@@ -613,6 +661,7 @@ mod tests {
             retry: false,
             pay_status: if paid { 200 } else { 0 },
             pay_sent_ms: 0,
+            processing: false,
         }
     }
 

@@ -29,7 +29,7 @@ pub struct Scenario {
     pub redis: Persistence,
 }
 
-pub const ALL: [Scenario; 12] = [
+pub const ALL: [Scenario; 13] = [
     Scenario {
         id: 0,
         name: "no fault (baseline)",
@@ -52,7 +52,7 @@ pub const ALL: [Scenario; 12] = [
     },
     Scenario {
         id: 4,
-        name: "rabbitmq kill -9, restart",
+        name: "rabbitmq kill -9, down 10 s, restart",
         redis: Persistence::Aof,
     },
     Scenario {
@@ -90,7 +90,16 @@ pub const ALL: [Scenario; 12] = [
         name: "one backend's clock 2 s ahead",
         redis: Persistence::Aof,
     },
+    Scenario {
+        id: 12,
+        name: "rabbitmq kill -9, down 20 s: spool handed to the writer",
+        redis: Persistence::Aof,
+    },
 ];
+
+/// How long scenario 4 keeps the broker down, and scenario 12.
+const BROKER_DOWN: Duration = Duration::from_secs(10);
+const BROKER_DOWN_LONG: Duration = Duration::from_secs(20);
 
 pub fn by_id(id: u32) -> Option<Scenario> {
     ALL.iter().copied().find(|s| s.id == id)
@@ -106,6 +115,18 @@ impl Scenario {
     /// acknowledged writes); elsewhere the goal for false accepts is 0.
     pub fn can_destroy(&self) -> bool {
         matches!(self.id, 1 | 2)
+    }
+
+    /// Whether backend 0 runs an order writer of its own (the spool's direct
+    /// hand-off needs one in the same process).
+    pub fn direct_writer(&self) -> bool {
+        self.id == 12
+    }
+
+    /// Whether a `503` fails the row: the broker's outage is taken by the
+    /// spool.
+    pub fn no_503(&self) -> bool {
+        matches!(self.id, 4 | 12)
     }
 
     /// Whether a fault is injected at a moment (scenario 11's skew lasts
@@ -133,6 +154,11 @@ pub struct FaultRecord {
     pub notes: Vec<String>,
     /// The fault could not be injected as planned.
     pub error: Option<String>,
+    /// The row fails on any 503 (the spool takes what the broker does not).
+    pub no_503_goal: bool,
+    /// (Scenario 12) orders written between the broker's kill and its
+    /// restart.
+    pub orders_while_down: Option<u64>,
 }
 
 /// Everything an injection may touch.
@@ -165,7 +191,10 @@ async fn sleep_until_ms(target: i64) {
 /// Injects the scenario's fault at `ctx.at_ms` and lifts it; never fails
 /// (what went wrong goes into the record, and fails the row).
 pub async fn inject(sc: Scenario, ctx: FaultCtx<'_>) -> FaultRecord {
-    let mut rec = FaultRecord::default();
+    let mut rec = FaultRecord {
+        no_503_goal: sc.no_503(),
+        ..Default::default()
+    };
     if let Err(e) = inject_inner(sc, ctx, &mut rec).await {
         tracing::error!(scenario = sc.id, error = %format!("{e:#}"), "fault injection failed");
         rec.error = Some(format!("{e:#}"));
@@ -267,7 +296,24 @@ async fn inject_inner(
             tokio::time::sleep(Duration::from_secs(5)).await;
             ctx.redis.signal(Sig::Cont)?;
         }
-        4 => ctx.rabbit.kill9_and_restart().await?,
+        4 => {
+            ctx.rabbit.kill9().await?;
+            tokio::time::sleep(BROKER_DOWN).await;
+            ctx.rabbit.restart().await?;
+        }
+        12 => {
+            ctx.rabbit.kill9().await?;
+            // Batches the writers had in hand at the kill settle first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = count_orders(&ctx).await?;
+            tokio::time::sleep(BROKER_DOWN_LONG - Duration::from_secs(1)).await;
+            let during = count_orders(&ctx).await?.saturating_sub(before);
+            rec.orders_while_down = Some(during);
+            rec.notes.push(format!(
+                "{during} orders written while the broker was down (the spool's direct hand-off)"
+            ));
+            ctx.rabbit.restart().await?;
+        }
         5 => {
             ctx.rabbit.signal(Sig::Stop)?;
             tokio::time::sleep(Duration::from_secs(5)).await;

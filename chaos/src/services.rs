@@ -247,11 +247,21 @@ impl Rabbit {
 
     /// `kill -9` the VM, wait until it is gone, start again on the same data.
     pub async fn kill9_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        self.restart().await
+    }
+
+    /// `kill -9` the VM and wait until it is gone.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
         let pid = self.beam_pid()?;
         procs::signal(pid, Sig::Kill)?;
         procs::wait_gone(pid, Duration::from_secs(10)).await?;
         self.proc = None;
-        procs::wait_port_closed(self.addr(), Duration::from_secs(10)).await?;
+        procs::wait_port_closed(self.addr(), Duration::from_secs(10)).await
+    }
+
+    /// Starts the node again on the same data (after [`Self::kill9`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.spawn().await
     }
 

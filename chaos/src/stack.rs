@@ -41,9 +41,19 @@ pub struct StackSpec {
     pub backlog_threshold_ms: u64,
     /// `clock.offset_ms` of each backend.
     pub clock_offsets_ms: [i64; 2],
+    /// Backend 0 runs an order writer of its own, so its spool can be
+    /// handed to it directly while the broker stays away.
+    pub direct_writer: bool,
+    /// `durability.direct_after_ms` of the backends.
+    pub direct_after_ms: u64,
 }
 
 impl StackSpec {
+    /// Backend `i`'s own directory (its spool and journal).
+    pub fn backend_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("backend-{i}"))
+    }
+
     pub fn pages_dir(&self) -> PathBuf {
         self.dir.join("pages")
     }
@@ -201,8 +211,23 @@ impl Stack {
         cmd.env("SECKILL__HTTP__LISTEN", a.api.to_string())
             .env("SECKILL__HTTP__METRICS_LISTEN", a.metrics.to_string())
             .env("SECKILL__HTTP__SHUTDOWN_GRACE_MS", "2000")
-            .env("SECKILL__WRITER__ENABLED", "false")
+            .env(
+                "SECKILL__WRITER__ENABLED",
+                (i == 0 && self.spec.direct_writer).to_string(),
+            )
             .env("SECKILL__LIFECYCLE__ENABLED", "false")
+            .env(
+                "SECKILL__DURABILITY__SPOOL_DIR",
+                self.spec.backend_dir(i).join("spool"),
+            )
+            .env(
+                "SECKILL__DURABILITY__JOURNAL_DIR",
+                self.spec.backend_dir(i).join("journal"),
+            )
+            .env(
+                "SECKILL__DURABILITY__DIRECT_AFTER_MS",
+                self.spec.direct_after_ms.to_string(),
+            )
             .env(
                 "SECKILL__CLOCK__OFFSET_MS",
                 self.spec.clock_offsets_ms[i].to_string(),

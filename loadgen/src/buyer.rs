@@ -73,7 +73,8 @@ pub struct Script {
 pub struct Told {
     pub user: String,
     pub item_id: i64,
-    /// The last status this buyer saw (`queued` until polling says more).
+    /// The last status this buyer saw (`queued` until polling says more;
+    /// `processing` for a journaled buy).
     pub status: String,
     /// The `reason` of a `cancelled` status, as the buyer saw it.
     pub reason: Option<String>,
@@ -90,6 +91,9 @@ pub struct Told {
     /// and when it was sent (Unix ms).
     pub pay_status: u16,
     pub pay_sent_ms: i64,
+    /// The buy was first answered `processing` (journaled while the
+    /// backend could not reach Redis): it may still end `sold_out`.
+    pub processing: bool,
 }
 
 /// Attempts buyers were told about (a 202, or a 200 for a retry that found
@@ -223,6 +227,7 @@ impl Crowd {
                 retry: a.status == 200,
                 pay_status: 0,
                 pay_sent_ms: 0,
+                processing: a.body.get("status").and_then(Value::as_str) == Some("processing"),
             });
             // Concurrent identical clicks: the 200 may come back before the
             // 202 that created the attempt.
@@ -317,7 +322,8 @@ impl Crowd {
                         .and_then(Value::as_str)
                         .map(str::to_owned);
                 }
-                if s != "queued" {
+                // `processing`: journaled, its reserve still to run.
+                if s != "queued" && s != "processing" {
                     return Some(a.body);
                 }
             }

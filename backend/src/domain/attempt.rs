@@ -103,12 +103,23 @@ pub mod reason {
     pub const DUPLICATE_ORDER: &str = "duplicate_order";
     /// The order queue did not confirm it; nothing was reserved.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// (A journaled buy) the buyer already held another attempt.
+    pub const ALREADY_HELD: &str = "already_held";
+    /// (A journaled buy) it asked for more than the per-user limit.
+    pub const LIMIT_EXCEEDED: &str = "limit_exceeded";
+    /// (A journaled buy) the sale ended before it could be replayed.
+    pub const ENDED: &str = "ended";
+    /// (A journaled buy) the item is no longer on sale.
+    pub const NOT_ON_SALE: &str = "not_on_sale";
 }
 
 /// Where an attempt is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttemptStatus {
+    /// A journaled buy waiting for Redis: nothing reserved yet; it becomes
+    /// `queued` or `cancelled` (`sold_out`, …) when the journal is replayed.
+    Processing,
     /// Units reserved; the order message is queued (or being confirmed).
     Queued,
     /// The order is durable in the database.
@@ -134,6 +145,7 @@ impl AttemptStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Processing => "processing",
             Self::Queued => stored::QUEUED,
             Self::Ordered => stored::ORDERED,
             Self::Paid => stored::PAID,

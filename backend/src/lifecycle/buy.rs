@@ -18,6 +18,19 @@
 //! restart, are rebuilt from the database before anything is sold from
 //! them (see [`super::rebuild`]).
 //!
+//! When Redis or the broker is away the buy keeps what it can make durable
+//! on local disk ([`crate::durable`]) instead of refusing:
+//!
+//! - Redis unreachable (or journaled buys still waiting, so arrival order
+//!   holds): the buy is checked against the database (item on sale, window,
+//!   per-user limit), journaled and answered `Journaled` (`202
+//!   processing`); [`super::replay`] runs it through the reserve script
+//!   later. The journal is bounded per item (by default the item's stock).
+//! - The order message not confirmed: it is spooled and the buy answered
+//!   `Accepted`; [`super::spool_drain`] delivers it.
+//! - Neither can be written (disk full, directory gone, fsync failed): the
+//!   buy fails closed — nothing reserved (a reservation is released), `503`.
+//!
 //! A buy forwarded by an edge carries the edge's permits for its units
 //! ([`EdgePermit`]); the reserve script takes them out of the edge's lease
 //! in the same step, and the buy reports what it did to them ([`Effect`])
@@ -35,10 +48,11 @@ use super::{
 use seckill_proto::permit::{EdgePermit, Effect};
 
 use crate::{
-    domain::{AttemptId, AttemptStatus, attempt::reason},
-    queue::{OrderMessage, Publisher},
+    domain::{AttemptId, AttemptStatus, RoundStatus, attempt::reason},
+    durable::{Durable, DurableError, JournalEntry, Spool, journal::Appended},
+    queue::{OrderMessage, PublishError, Publisher},
     store::{
-        StoreError,
+        StoreError, rounds,
         sale::{ReserveOutcome, Reserved},
     },
 };
@@ -77,6 +91,8 @@ pub struct BuyResult {
 pub enum Bought {
     /// A new attempt; its order message is confirmed.
     Accepted { attempt_id: String },
+    /// Journaled while Redis is away: nothing reserved yet (`processing`).
+    Journaled { attempt_id: String },
     /// The buyer's earlier attempt, asked for again.
     Retry {
         attempt_id: String,
@@ -109,15 +125,36 @@ pub enum BuyError {
     Rebuilding,
     #[error("the order queue did not confirm the order")]
     QueueUnavailable,
+    #[error("the journal holds as many buys for the item as it may")]
+    JournalFull,
+    #[error("the buy could not be made durable: {0}")]
+    NotDurable(String),
+    /// The reserve call got no answer: the script may or may not have run.
+    #[error("no answer from redis: {0}")]
+    Unanswered(StoreError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// What a buy checks without Redis before journaling it.
+#[derive(Clone, Copy, Debug)]
+pub struct ItemFacts {
+    pub stock: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: i64,
+}
+
 /// Runs one buy to its end on a task of its own.
-pub async fn buy(lc: Arc<Lifecycle>, publisher: Arc<Publisher>, req: Buy) -> BuyResult {
+pub async fn buy(
+    lc: Arc<Lifecycle>,
+    publisher: Arc<Publisher>,
+    durable: Durable,
+    req: Buy,
+) -> BuyResult {
     let task = tokio::spawn(async move {
         let mut permit = None;
-        let outcome = run(&lc, &publisher, &req, &mut permit).await;
+        let outcome = run(&lc, &publisher, &durable, &req, &mut permit).await;
         BuyResult { outcome, permit }
     });
     match task.await {
@@ -134,12 +171,39 @@ pub async fn buy(lc: Arc<Lifecycle>, publisher: Arc<Publisher>, req: Buy) -> Buy
 async fn run(
     lc: &Arc<Lifecycle>,
     publisher: &Publisher,
+    durable: &Durable,
     req: &Buy,
     permit: &mut Option<Effect>,
 ) -> Result<Bought, BuyError> {
     let now = lc.clock.now_ms();
     let id = AttemptId::new(req.round_id, req.item_id, now);
-    let price_cents = match reserve_verified(lc, &id, req, now, permit).await? {
+    if durable.journal.active() {
+        // The reserve does not run: the edge's permit is untouched.
+        *permit = Some(Effect::Kept);
+        return journal_buy(lc, durable, &id, req, now).await;
+    }
+    let outcome = match reserve_verified(lc, &id, req, now, permit).await {
+        Ok(o) => o,
+        Err(BuyError::Unanswered(e)) if e.redis_unreachable() => {
+            durable.journal.mark_unreachable();
+            // The script may have run under this id; if so the replay finds
+            // the attempt (a duplicate of the same id) and queues its order,
+            // so there is nothing to release — unless the buy is not
+            // journaled under this id.
+            let journaled = journal_buy(lc, durable, &id, req, now).await;
+            if !matches!(&journaled, Ok(Bought::Journaled { .. })) {
+                release_later(lc.clone(), id);
+            }
+            return journaled;
+        }
+        Err(BuyError::Unanswered(e)) => {
+            // Take back whatever the script reserved once Redis answers.
+            release_later(lc.clone(), id);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e),
+    };
+    let price_cents = match outcome {
         ReserveOutcome::Reserved { price_cents } => price_cents,
         ReserveOutcome::Duplicate { attempt_id, status } => {
             let status = AttemptStatus::from_redis(&status).unwrap_or(AttemptStatus::Queued);
@@ -181,19 +245,19 @@ async fn run(
         unit_price_cents: price_cents,
         reserved_at_ms: now,
     };
-    let start = std::time::Instant::now();
-    let published = publisher.publish(&msg).await;
-    metrics::histogram!("seckill_publish_confirm_seconds").record(start.elapsed().as_secs_f64());
-    let Err(e) = published else {
+    let Err(e) = enqueue(publisher, &durable.spool, &msg, now).await else {
         return Ok(Bought::Accepted { attempt_id });
     };
-    tracing::warn!(error = %e, "order message not confirmed; releasing the reservation");
+    tracing::error!(error = %e, "order message neither confirmed nor spooled; releasing the reservation");
     match lc
         .sale
         .release(&id, reason::UNAVAILABLE, lc.clock.now_ms(), false)
         .await
     {
-        Ok(r) if r == "released" || r == "missing" => Err(BuyError::QueueUnavailable),
+        Ok(r) if r == "released" || r == "missing" => Err(match e {
+            NotQueued::Spool(DurableError::Full { .. }, _) => BuyError::QueueUnavailable,
+            NotQueued::Spool(d, _) => BuyError::NotDurable(d.to_string()),
+        }),
         // The writer already claimed it: the message did arrive.
         Ok(_) => Ok(Bought::Accepted { attempt_id }),
         Err(e) => {
@@ -203,9 +267,134 @@ async fn run(
     }
 }
 
+/// Why an order message is neither confirmed nor spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum NotQueued {
+    #[error("not confirmed ({1}) and not spooled: {0}")]
+    Spool(DurableError, PublishError),
+}
+
+/// How an order message was queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queued {
+    Confirmed,
+    Spooled,
+}
+
+/// Publishes an order message with confirms; spools it (fsync'd) when the
+/// broker does not confirm.
+pub async fn enqueue(
+    publisher: &Publisher,
+    spool: &Spool,
+    msg: &OrderMessage,
+    now_ms: i64,
+) -> Result<Queued, NotQueued> {
+    let start = std::time::Instant::now();
+    let published = publisher.publish(msg).await;
+    metrics::histogram!("seckill_publish_confirm_seconds").record(start.elapsed().as_secs_f64());
+    let Err(e) = published else {
+        return Ok(Queued::Confirmed);
+    };
+    match spool.append(msg, now_ms).await {
+        Ok(()) => {
+            tracing::info!(attempt_id = %msg.attempt_id, error = %e, "order message not confirmed; spooled");
+            Ok(Queued::Spooled)
+        }
+        Err(d) => Err(NotQueued::Spool(d, e)),
+    }
+}
+
+/// Journals a buy that cannot reach Redis, after checking what the
+/// database knows of the item (on sale, window, per-user limit).
+async fn journal_buy(
+    lc: &Arc<Lifecycle>,
+    durable: &Durable,
+    id: &AttemptId,
+    req: &Buy,
+    now: i64,
+) -> Result<Bought, BuyError> {
+    let facts = item_facts(lc, req.round_id, req.item_id)
+        .await?
+        .ok_or(BuyError::NotOnSale)?;
+    if now < facts.starts_ms {
+        return Err(BuyError::NotStarted {
+            starts_ms: facts.starts_ms,
+        });
+    }
+    if now >= facts.ends_ms {
+        return Err(BuyError::Ended);
+    }
+    if req.qty > facts.per_user_limit {
+        return Err(BuyError::Limit {
+            held_attempt: None,
+            held_qty: 0,
+            limit: facts.per_user_limit,
+        });
+    }
+    let bound = lc
+        .config
+        .durability
+        .journal_bound
+        .unwrap_or(facts.stock.max(1) as usize);
+    let attempt_id = id.to_string();
+    let entry = JournalEntry {
+        attempt_id: attempt_id.clone(),
+        round_id: req.round_id,
+        item_id: req.item_id,
+        user: req.user.clone(),
+        qty: req.qty,
+        idempotency_key: req.idempotency_key.clone(),
+        arrived_ms: now,
+    };
+    match durable.journal.append(&entry, bound).await {
+        Ok(Appended::New) => {
+            tracing::Span::current().record("attempt_id", attempt_id.as_str());
+            Ok(Bought::Journaled { attempt_id })
+        }
+        Ok(Appended::Existing { attempt_id, .. }) => Ok(Bought::Retry {
+            attempt_id,
+            status: AttemptStatus::Processing,
+        }),
+        Err(DurableError::Full { bound, .. }) => {
+            tracing::warn!(bound, "journal full for the item; refusing the buy");
+            Err(BuyError::JournalFull)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "buy not journaled; refusing it");
+            Err(BuyError::NotDurable(e.to_string()))
+        }
+    }
+}
+
+/// An item's stock, window and limit from the database (cached briefly).
+async fn item_facts(
+    lc: &Lifecycle,
+    round_id: i64,
+    item_id: i64,
+) -> Result<Option<ItemFacts>, StoreError> {
+    if let Some(f) = lc.item_facts.get(&(round_id, item_id)).await {
+        return Ok(f);
+    }
+    let facts = rounds::get(&lc.db, round_id).await?.and_then(|r| {
+        if r.round.status != RoundStatus::Approved.as_str() {
+            return None;
+        }
+        r.items.iter().find(|i| i.id == item_id).map(|i| ItemFacts {
+            stock: i.stock,
+            starts_ms: r.round.starts_at_ms,
+            ends_ms: r.round.ends_at_ms,
+            per_user_limit: i.per_user_limit,
+        })
+    });
+    lc.item_facts.insert((round_id, item_id), facts).await;
+    Ok(facts)
+}
+
 /// Runs the reserve script, rebuilding the item first when Redis has no
-/// counters for it or counters it did not verify.
-async fn reserve_verified(
+/// counters for it or counters it did not verify. A reserve call that got
+/// no answer is [`BuyError::Unanswered`]: the caller decides what to do
+/// with a reservation that may exist.
+pub(crate) async fn reserve_verified(
     lc: &Arc<Lifecycle>,
     id: &AttemptId,
     req: &Buy,
@@ -233,12 +422,10 @@ async fn reserve_verified(
         } = match outcome {
             Ok(o) => o,
             Err(e) => {
-                // The script may have run and its reply been lost: take
-                // back whatever it reserved once Redis answers. What it
+                // The script may have run and its reply been lost. What it
                 // did to the permit is unknown.
                 *permit = None;
-                release_later(lc.clone(), id.clone());
-                return Err(e.into());
+                return Err(BuyError::Unanswered(e));
             }
         };
         *permit = effect;

@@ -12,7 +12,12 @@
 //! sweep, which re-applies every settled order whose counters flag is still
 //! false.
 //!
-//! - [`buy`] — reserve and publish, answered only after the confirm
+//! - [`buy`] — reserve and publish, answered only after the confirm (or
+//!   journaled / spooled while Redis or the broker is away)
+//! - [`replay`] — journaled buys through the reserve script, in arrival
+//!   order, once Redis answers
+//! - [`spool_drain`] — spooled order messages to the broker (or straight to
+//!   the order writer when it runs here and the broker stays away)
 //! - [`settle`] — pay, expire, resolve a payment of unknown outcome
 //! - [`expiry`] — expiry messages through a TTL queue, and their consumer
 //! - [`sweep`] — the periodic backstop
@@ -24,7 +29,9 @@ pub mod buy;
 pub mod dead_letters;
 pub mod expiry;
 pub mod rebuild;
+pub mod replay;
 pub mod settle;
+pub mod spool_drain;
 pub mod sweep;
 
 use std::sync::Arc;
@@ -41,6 +48,9 @@ pub struct Lifecycle {
     pub db: DatabaseConnection,
     pub clock: Arc<dyn Clock>,
     pub provider: Arc<dyn PaymentProvider>,
+    /// What the buy path knows of items without Redis (for journaling),
+    /// read from the database and kept a few seconds.
+    pub item_facts: moka::future::Cache<(i64, i64), Option<buy::ItemFacts>>,
 }
 
 impl Lifecycle {
@@ -57,6 +67,10 @@ impl Lifecycle {
             db,
             clock,
             provider,
+            item_facts: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(5))
+                .build(),
         })
     }
 }

@@ -278,7 +278,8 @@ impl OrderWriter {
         if live.is_empty() {
             return Ok(Vec::new());
         }
-        match self.write(&live, now).await {
+        let jobs: Vec<_> = live.iter().map(|p| (&p.msg, &p.id)).collect();
+        match self.write(&jobs, now).await {
             Ok(e) => return Ok(e),
             Err(e) if live.len() == 1 => {
                 self.retry_or_dead_letter(live[0], &e, now).await?;
@@ -291,7 +292,7 @@ impl OrderWriter {
         }
         let mut expiries = Vec::new();
         for p in live {
-            match self.write(&[p], now).await {
+            match self.write(&[(&p.msg, &p.id)], now).await {
                 Ok(e) => expiries.extend(e),
                 Err(e) => self.retry_or_dead_letter(p, &e, now).await?,
             }
@@ -434,25 +435,66 @@ impl OrderWriter {
             .map_err(|e| SettleError(e.to_string()))
     }
 
+    /// Writes order messages that never went through the broker (the
+    /// spool's direct hand-off while the broker is away): the same claim,
+    /// stock guard, insert and marking as a consumed batch, and the same
+    /// backlog rule. Expiry messages are scheduled if the broker takes them;
+    /// otherwise the sweep expires those orders. `Ok` once committed.
+    pub async fn write_direct(&self, msgs: &[OrderMessage]) -> Result<usize, StoreError> {
+        let now = self.lc.clock.now_ms();
+        let threshold = self.lc.config.lifecycle.backlog_threshold_ms as i64;
+        let mut jobs = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let Ok(id) = m.attempt_id.parse::<AttemptId>() else {
+                tracing::error!(attempt_id = %m.attempt_id, "spooled message with a malformed attempt id; dropped");
+                continue;
+            };
+            if now - m.reserved_at_ms > threshold {
+                let r = self
+                    .lc
+                    .sale
+                    .release(&id, reason::BACKLOG, now, false)
+                    .await?;
+                if r == "released" {
+                    metrics::counter!("seckill_backlog_released_total").increment(1);
+                }
+                if matches!(r.as_str(), "released" | "missing" | stored::CANCELLED) {
+                    continue;
+                }
+            }
+            jobs.push((m, id));
+        }
+        let refs: Vec<_> = jobs.iter().map(|(m, id)| (*m, id)).collect();
+        let expiries = self.write(&refs, now).await?;
+        expiry::schedule(&self.publisher, &expiries).await;
+        metrics::counter!("seckill_orders_processed_total").increment(refs.len() as u64);
+        Ok(refs.len())
+    }
+
     /// Claims the attempts (adopting those Redis lost).
-    async fn claim(&self, p: &Pending, now: i64) -> Result<String, StoreError> {
-        let status = self.lc.sale.claim(&p.id, now).await?;
+    async fn claim(
+        &self,
+        msg: &OrderMessage,
+        id: &AttemptId,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let status = self.lc.sale.claim(id, now).await?;
         if status != "missing" {
             return Ok(status);
         }
         let seed = AttemptSeed {
-            id: &p.id,
-            user: &p.msg.user_id,
-            qty: p.msg.qty,
-            price_cents: p.msg.unit_price_cents,
-            created_ms: p.msg.reserved_at_ms,
+            id,
+            user: &msg.user_id,
+            qty: msg.qty,
+            price_cents: msg.unit_price_cents,
+            created_ms: msg.reserved_at_ms,
         };
         let mut r = self.lc.sale.adopt(&seed, now).await?;
         if r == "no_counters" {
-            rebuild::ensure_item(&self.lc, p.id.round_id, p.id.item_id).await?;
+            rebuild::ensure_item(&self.lc, id.round_id, id.item_id).await?;
             r = self.lc.sale.adopt(&seed, now).await?;
         }
-        tracing::warn!(attempt_id = %p.msg.attempt_id, outcome = %r, "attempt unknown to redis; adopted from the message");
+        tracing::warn!(attempt_id = %msg.attempt_id, outcome = %r, "attempt unknown to redis; adopted from the message");
         Ok(match r.as_str() {
             "adopted" => "claimed".to_owned(),
             "refused" => stored::CANCELLED.to_owned(),
@@ -461,33 +503,34 @@ impl OrderWriter {
                     "item counters missing in redis; rebuild pending".into(),
                 ));
             }
-            _ => self.lc.sale.claim(&p.id, now).await?,
+            _ => self.lc.sale.claim(id, now).await?,
         })
     }
 
     async fn write(
         &self,
-        pending: &[&Pending],
+        pending: &[(&OrderMessage, &AttemptId)],
         now: i64,
     ) -> Result<Vec<ExpiryMessage>, StoreError> {
-        let claims = futures::future::join_all(pending.iter().map(|p| self.claim(p, now))).await;
+        let claims =
+            futures::future::join_all(pending.iter().map(|(m, id)| self.claim(m, id, now))).await;
         let pay_by = now + self.lc.config.payment_timeout_ms();
         let mut rows = Vec::new();
-        for (p, claim) in pending.iter().zip(claims) {
+        for ((msg, _), claim) in pending.iter().zip(claims) {
             if claim? == stored::CANCELLED {
-                tracing::info!(attempt_id = %p.msg.attempt_id, "attempt was cancelled; no order");
+                tracing::info!(attempt_id = %msg.attempt_id, "attempt was cancelled; no order");
                 continue;
             }
             rows.push(order::ActiveModel {
-                id: Set(p.msg.attempt_id.clone()),
-                attempt_id: Set(p.msg.attempt_id.clone()),
-                round_id: Set(p.msg.round_id),
-                item_id: Set(p.msg.item_id),
-                user_id: Set(p.msg.user_id.clone()),
-                qty: Set(p.msg.qty),
-                unit_price_cents: Set(p.msg.unit_price_cents),
+                id: Set(msg.attempt_id.clone()),
+                attempt_id: Set(msg.attempt_id.clone()),
+                round_id: Set(msg.round_id),
+                item_id: Set(msg.item_id),
+                user_id: Set(msg.user_id.clone()),
+                qty: Set(msg.qty),
+                unit_price_cents: Set(msg.unit_price_cents),
                 status: Set(order::status::PENDING_PAYMENT.to_owned()),
-                reserved_at_ms: Set(p.msg.reserved_at_ms),
+                reserved_at_ms: Set(msg.reserved_at_ms),
                 created_at_ms: Set(now),
                 pay_by_ms: Set(pay_by),
                 paid_at_ms: Set(None),

@@ -1,5 +1,9 @@
 //! `GET /api/attempts/{attempt_id}`: an attempt's status, for its owner only
 //! (anyone else gets the same 404 as for an unknown id).
+//!
+//! A buy waiting in this process's journal is `processing` (answered
+//! without Redis); one the replay refused is `cancelled` with its reason
+//! (recorded in Redis, so any backend answers it).
 
 use axum::{
     Json,
@@ -17,11 +21,27 @@ pub async fn get(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: AttemptId = raw.parse().map_err(|_| ApiError::not_found())?;
-    let rec = st
-        .sale
-        .attempt(&id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    if let Some(e) = st.durable.journal.pending(&raw) {
+        if e.user != claims.sub {
+            return Err(ApiError::not_found());
+        }
+        return Ok(Json(json!({
+            "attempt_id": raw,
+            "status": AttemptStatus::Processing.as_str(),
+            "round_id": id.round_id,
+            "item_id": id.item_id,
+            "qty": e.qty,
+            "created_at_ms": e.arrived_ms,
+        })));
+    }
+    let rec = match st.sale.attempt(&id).await? {
+        Some(r) => r,
+        None => st
+            .sale
+            .journal_refusal(&id)
+            .await?
+            .ok_or_else(ApiError::not_found)?,
+    };
     if rec.user != claims.sub {
         return Err(ApiError::not_found());
     }

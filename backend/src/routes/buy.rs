@@ -6,6 +6,11 @@
 //! [`permit::RESPONSE_HEADER`] what happened to them (`kept` when the buy
 //! was refused before reaching Redis), except when that is unknown (the
 //! reserve's reply was lost): the edge then renews its lease instead.
+//!
+//! A buy journaled while Redis is away answers `202 {"status":
+//! "processing"}` with `kept` (the reserve did not run; the journal's
+//! replay runs it later without a permit) — or no permit header when a
+//! reserve had been sent and got no answer before the buy was journaled.
 
 use axum::{
     Json,
@@ -43,6 +48,7 @@ pub async fn buy(
     let mut effect = Some(Effect::Kept);
     let result = buy_inner(&st, &caller, &round, &item, &headers, body, &mut effect).await;
     let outcome = match &result {
+        Ok(r) if r.status() == StatusCode::ACCEPTED && is_journaled(r) => "journaled",
         Ok(r) if r.status() == StatusCode::ACCEPTED => "reserved",
         Ok(_) => "duplicate",
         Err(e) => e.code(),
@@ -104,7 +110,13 @@ async fn buy_inner(
         idempotency_key,
         permit,
     };
-    let done = buy::buy(st.lifecycle.clone(), st.publisher.clone(), req).await;
+    let done = buy::buy(
+        st.lifecycle.clone(),
+        st.publisher.clone(),
+        st.durable.clone(),
+        req,
+    )
+    .await;
     *effect = done.permit;
     match done.outcome {
         Ok(Bought::Accepted { attempt_id }) => {
@@ -114,6 +126,18 @@ async fn buy_inner(
                 Json(json!({ "attempt_id": attempt_id, "status": AttemptStatus::Queued.as_str() })),
             )
                 .into_response())
+        }
+        Ok(Bought::Journaled { attempt_id }) => {
+            tracing::Span::current().record("attempt_id", attempt_id.as_str());
+            let mut resp = (
+                StatusCode::ACCEPTED,
+                Json(
+                    json!({ "attempt_id": attempt_id, "status": AttemptStatus::Processing.as_str() }),
+                ),
+            )
+                .into_response();
+            resp.extensions_mut().insert(Journaled);
+            Ok(resp)
         }
         Ok(Bought::Retry { attempt_id, status }) => {
             tracing::Span::current().record("attempt_id", attempt_id.as_str());
@@ -125,6 +149,14 @@ async fn buy_inner(
         }
         Err(e) => Err(refusal(e)),
     }
+}
+
+/// Marks the answer of a journaled buy (for the metrics' outcome label).
+#[derive(Clone, Copy)]
+struct Journaled;
+
+fn is_journaled(r: &Response) -> bool {
+    r.extensions().get::<Journaled>().is_some()
 }
 
 fn refusal(e: BuyError) -> ApiError {
@@ -169,6 +201,12 @@ fn refusal(e: BuyError) -> ApiError {
         BuyError::QueueUnavailable => ApiError::Unavailable(
             "the order queue is unavailable; nothing was reserved, try again".into(),
         ),
-        BuyError::Store(e) => e.into(),
+        BuyError::JournalFull => ApiError::Unavailable(
+            "the sale's state store is unavailable and enough buys are already waiting for this item; nothing was reserved, try again".into(),
+        ),
+        BuyError::NotDurable(_) => ApiError::Unavailable(
+            "the buy could not be recorded durably; nothing was reserved, try again".into(),
+        ),
+        BuyError::Unanswered(e) | BuyError::Store(e) => e.into(),
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub rounds_cache: moka::future::Cache<(), Arc<serde_json::Value>>,
     pub pages: Arc<PageRenderer>,
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// This process's buy journal and order spool.
+    pub durable: crate::durable::Durable,
 }
 
 /// The API router with its middleware.

@@ -11,6 +11,9 @@
 //!   holding units, for attempts on their way (`queued`, `writing`) whose
 //!   order is not written yet
 //! - `<prefix>:{r1:i2}:lock:<name>` — a short exclusive lock (rebuilds)
+//! - `<prefix>:{r1:i2}:journaled:<attempt id>` — hash: user, qty, status
+//!   (`cancelled`), reason, created_ms — a journaled buy the replay refused
+//!   (expires after a week)
 //! - `<prefix>:{r1:i2}:leases`, `:lease_exp`, `:lease_gen` — hashes: the
 //!   edge nodes' permit leases (`lua/redis/permits.lua`; the edge leases
 //!   with the same keys)
@@ -73,6 +76,12 @@ impl ItemKeys {
 
     pub fn attempt(&self, attempt_id: &str) -> String {
         format!("{}:attempt:{attempt_id}", self.base)
+    }
+
+    /// The final answer of a journaled buy the replay refused (it never
+    /// became an attempt), for its buyer to poll.
+    pub fn journaled(&self, attempt_id: &str) -> String {
+        format!("{}:journaled:{attempt_id}", self.base)
     }
 }
 

@@ -26,3 +26,20 @@ pub enum StoreError {
     #[error("the item's redis state is being rebuilt")]
     Held,
 }
+
+impl StoreError {
+    /// Redis did not answer (refused, dropped, timed out): the call may or
+    /// may not have run.
+    pub fn redis_unreachable(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+}

@@ -58,6 +58,9 @@ const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 const HOLD_WAIT: Duration = Duration::from_millis(12_000);
 const HOLD_STEP: Duration = Duration::from_millis(20);
 
+/// How long the answer of a refused journaled buy stays pollable.
+const JOURNAL_OUTCOME_SECS: i64 = 7 * 24 * 3600;
+
 /// Lifetime of an item's rebuild lock.
 pub const REBUILD_LOCK_MS: u64 = 10_000;
 
@@ -751,6 +754,67 @@ impl SaleStore {
             pay_by_ms: num("pay_by_ms"),
             reason: map.get("reason").cloned(),
         }))
+    }
+
+    /// Records the final answer of a journaled buy the replay refused,
+    /// unless one is recorded (the first answer stands).
+    pub async fn record_journal_refusal(
+        &self,
+        id: &AttemptId,
+        user: &str,
+        qty: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let key = k.journaled(&id.to_string());
+        let _: () = redis::pipe()
+            .atomic()
+            .hset_nx(&key, "status", crate::domain::attempt::stored::CANCELLED)
+            .hset_nx(&key, "user", user)
+            .hset_nx(&key, "qty", qty)
+            .hset_nx(&key, "reason", reason)
+            .hset_nx(&key, "created_ms", now_ms)
+            .expire(&key, JOURNAL_OUTCOME_SECS)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The recorded answer of a journaled buy the replay refused.
+    pub async fn journal_refusal(
+        &self,
+        id: &AttemptId,
+    ) -> Result<Option<AttemptRecord>, StoreError> {
+        let k = self.keys(id.round_id, id.item_id);
+        let map: HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(k.journaled(&id.to_string()))
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        let num = |f: &str| map.get(f).and_then(|v| v.parse::<i64>().ok());
+        Ok(Some(AttemptRecord {
+            user: map.get("user").cloned().unwrap_or_default(),
+            qty: num("qty").unwrap_or(0),
+            status: map.get("status").cloned().unwrap_or_default(),
+            created_ms: num("created_ms").unwrap_or(0),
+            price_cents: 0,
+            order_id: None,
+            pay_by_ms: None,
+            reason: map.get("reason").cloned(),
+        }))
+    }
+
+    /// Whether Redis answers at all.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// The attempt a buyer holds for an item, if any.

@@ -120,6 +120,8 @@ impl TestApp {
         // nodes whose clocks disagree has its own test.
         cfg.lifecycle.expiry_grace_ms = 0;
         cfg.pages.dir = pages.path().to_path_buf();
+        cfg.durability.spool_dir = pages.path().join("spool");
+        cfg.durability.journal_dir = pages.path().join("journal");
         let mut pg_db = None;
         cfg.database.url = match opts.db {
             Db::Sqlite => format!(
