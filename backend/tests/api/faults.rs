@@ -328,7 +328,7 @@ async fn a_reservation_left_queued_without_a_message_is_resolved_by_the_sweep() 
 }
 
 #[tokio::test]
-async fn a_buyer_who_hangs_up_mid_buy_leaves_nothing_reserved() {
+async fn a_buyer_who_hangs_up_mid_buy_leaves_a_durable_record_of_what_is_held() {
     let url = amqp_url();
     let host = url
         .split('@')
@@ -358,18 +358,26 @@ async fn a_buyer_who_hangs_up_mid_buy_leaves_nothing_reserved() {
         .send()
         .await;
     assert!(r.is_err(), "the buyer hung up: {r:?}");
-    // The buy still ran to its end: the unconfirmed reservation was released.
+    // The buy still ran to its end: the unconfirmed order was spooled, so
+    // the unit it holds has a durable record.
     eventually(Duration::from_secs(10), || async {
-        (app.counters(round, items[0]).await == (3, 3, 0, 0)).then_some(())
+        (app.state.durable.spool.len() == 1).then_some(())
     })
     .await;
+    assert_eq!(app.counters(round, items[0]).await, (3, 2, 1, 0));
     let held = app
         .state
         .sale
         .buyer_attempt(round, items[0], "impatient")
         .await
-        .unwrap();
-    assert_eq!(held, None);
+        .unwrap()
+        .expect("the spooled attempt");
+    // The broker answers again: the spooled order is written once.
+    proxy.up();
+    let f = app.poll_final(&held, &t).await;
+    assert_eq!(f["status"], "ordered", "{f}");
+    assert_eq!(app.order_count().await, 1);
+    assert!(app.state.durable.spool.is_empty());
 }
 
 #[tokio::test]

@@ -302,7 +302,7 @@ impl TestApp {
         eventually(Duration::from_secs(30), || async {
             let (s, v) = self.get(&path, token).await;
             assert_eq!(s, 200, "poll {attempt_id}: {v}");
-            (v["status"] != "queued").then_some(v)
+            (v["status"] != "queued" && v["status"] != "processing").then_some(v)
         })
         .await
     }
@@ -310,6 +310,19 @@ impl TestApp {
     /// A standalone order writer over this app's stores.
     pub fn order_writer(&self) -> OrderWriter {
         OrderWriter::new(self.state.lifecycle.clone(), Default::default())
+    }
+
+    /// Stops the app (gracefully) and leaves its stores and directories as
+    /// they are, for a restarted app to take over; returns its
+    /// configuration and its directory.
+    pub async fn stop(mut self) -> (Config, tempfile::TempDir) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pages = std::mem::replace(&mut self._pages, dir);
+        (self.config.clone(), pages)
     }
 
     /// Stops the app and removes what the test created.
