@@ -187,7 +187,11 @@ async fn a_restarted_backend_drains_its_spool_and_journal_first() {
     assert_eq!((s, va["status"].as_str()), (202, Some("queued")), "{va}");
     redis.down();
     let (s, vb) = first.buy(round, items[0], &b, 1).await;
-    assert_eq!((s, vb["status"].as_str()), (202, Some("processing")), "{vb}");
+    assert_eq!(
+        (s, vb["status"].as_str()),
+        (202, Some("processing")),
+        "{vb}"
+    );
     let (cfg, dir) = first.stop().await;
     assert_eq!(
         seckill_backend::durable::spool::list(&cfg.durability.spool_dir)
@@ -215,7 +219,9 @@ async fn a_restarted_backend_drains_its_spool_and_journal_first() {
     })
     .await;
     for (v, t) in [(&va, &a), (&vb, &b)] {
-        let f = second.poll_final(v["attempt_id"].as_str().unwrap(), t).await;
+        let f = second
+            .poll_final(v["attempt_id"].as_str().unwrap(), t)
+            .await;
         assert_eq!(f["status"], "ordered", "{f}");
     }
     assert_eq!(second.order_count().await, 2);
@@ -310,7 +316,11 @@ async fn a_full_disk_fails_closed_and_the_sale_resumes_when_space_returns() {
     // is reserved and its order spooled.
     std::fs::remove_file(&filler).unwrap();
     let (s, vb) = app.buy(round, items[0], &b, 1).await;
-    assert_eq!((s, vb["status"].as_str()), (202, Some("processing")), "{vb}");
+    assert_eq!(
+        (s, vb["status"].as_str()),
+        (202, Some("processing")),
+        "{vb}"
+    );
     redis.up();
     eventually(Duration::from_secs(15), || async {
         app.state.durable.journal.is_empty().then_some(())
