@@ -1,18 +1,31 @@
 //! Command line: `serve` (default), `worker`, `check-config FILE`,
-//! `mint-token`, `reconcile [--repair]`, `dead-letters list|replay|discard`.
+//! `mint-token`, `reconcile [--repair]`, `dead-letters list|replay|discard`,
+//! `spool list|drain`, `journal list|replay`.
+//!
+//! `list` reads a spool or journal without taking it (it works while the
+//! backend that owns it runs); `drain` and `replay` take the directory's
+//! lock, so they refuse while that backend runs (it drains by itself).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use serde_json::json;
+
 use crate::{
     auth::Role,
     config::Config,
-    lifecycle::{dead_letters, rebuild},
+    durable::{Durable, Spool, journal, spool},
+    lifecycle::{dead_letters, rebuild, replay, spool_drain},
     queue::{Publisher, topology::Topology},
     startup,
 };
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +73,30 @@ pub enum Command {
     /// Dead-lettered order messages.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// The order spool: order messages the broker did not confirm.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+    /// The buy journal: buys that could not reach Redis.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Print the spooled order messages, oldest first (JSON).
+    List,
+    /// Publish them with confirms, oldest first, removing each once
+    /// confirmed; exits 2 when some are left (the broker did not confirm).
+    Drain,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Print the journaled buys in arrival order (JSON).
+    List,
+    /// Run them through the reserve script in arrival order; exits 2 when
+    /// some are left (Redis away, or units held by edges).
+    Replay,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +198,83 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
+        }
+        Command::Spool(cmd) => {
+            let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            let dir = &cfg.durability.spool_dir;
+            match cmd {
+                SpoolCommand::List => {
+                    let entries = spool::list(dir)?;
+                    print_json(&json!({
+                        "dir": dir,
+                        "depth": entries.len(),
+                        "oldest_spooled_at_ms": entries.first().map(|e| e.spooled_at_ms),
+                        "entries": entries,
+                    }))
+                }
+                SpoolCommand::Drain => {
+                    let s = Spool::open(dir, cfg.durability.spool_max_entries).await?;
+                    let publisher =
+                        Publisher::new(cfg.rabbitmq.clone(), Topology::from_config(&cfg));
+                    let mut published = 0;
+                    let mut error = None;
+                    while !s.is_empty() {
+                        match spool_drain::publish_oldest(&s, &publisher, 64).await {
+                            Ok(n) => published += n,
+                            Err(e) => {
+                                error = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    print_json(&json!({"published": published, "left": s.len(), "error": error}))?;
+                    if !s.is_empty() {
+                        std::process::exit(2);
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Journal(cmd) => {
+            let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+            match cmd {
+                JournalCommand::List => {
+                    let dir = &cfg.durability.journal_dir;
+                    let entries = journal::list(dir)?;
+                    print_json(&json!({
+                        "dir": dir,
+                        "depth": entries.len(),
+                        "oldest_arrived_ms": entries.first().map(|e| e.arrived_ms),
+                        "entries": entries,
+                    }))
+                }
+                JournalCommand::Replay => {
+                    let durable = Durable::open(&cfg.durability).await?;
+                    let publisher =
+                        Publisher::new(cfg.rabbitmq.clone(), Topology::from_config(&cfg));
+                    let lc = startup::lifecycle_from(cfg).await?;
+                    let mut decided = 0;
+                    let mut last = replay::Pass::default();
+                    while !durable.journal.is_empty() {
+                        last = replay::pass(&lc, &publisher, &durable).await;
+                        decided += last.decided;
+                        if last.decided == 0 {
+                            break;
+                        }
+                    }
+                    let left = durable.journal.len();
+                    print_json(&json!({
+                        "decided": decided,
+                        "left": left,
+                        "redis_unreachable": last.redis_unreachable,
+                        "spooled": durable.spool.len(),
+                    }))?;
+                    if left > 0 {
+                        std::process::exit(2);
+                    }
+                    Ok(())
+                }
+            }
         }
         Command::Worker => {
             crate::telemetry::init_tracing();

@@ -1,5 +1,5 @@
 //! The binary's subcommands: `check-config`, `mint-token`, `reconcile`,
-//! `dead-letters`.
+//! `dead-letters`, `spool`, `journal`.
 
 use std::process::Command;
 
@@ -215,6 +215,113 @@ async fn reconcile_and_dead_letters_subcommands() {
     assert_ne!(code, Some(0), "replay needs --all or ids");
 
     // Clean up the keys and queues this test made.
+    let sale = seckill_backend::store::SaleStore::connect(
+        &redis_url,
+        &prefix,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    common::delete_keys(&sale, &prefix).await;
+    common::delete_queues(&amqp_url, &queue).await;
+}
+
+#[tokio::test]
+async fn spool_and_journal_subcommands() {
+    use seckill_backend::{
+        durable::{Journal, JournalEntry, Spool},
+        queue::OrderMessage,
+    };
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let journal_dir = dir.path().join("journal");
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    let prefix = format!("cli{id}");
+    let queue = format!("seckill.test.cli.{id}");
+    let redis_url = std::env::var("SECKILL_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let amqp_url = std::env::var("SECKILL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let attempt = format!("1-1-{}", ulid::Ulid::new());
+    {
+        let s = Spool::open(&spool_dir, 10).await.unwrap();
+        let msg = OrderMessage {
+            attempt_id: attempt.clone(),
+            round_id: 1,
+            item_id: 1,
+            user_id: "u".into(),
+            qty: 1,
+            unit_price_cents: 1,
+            reserved_at_ms: 1,
+        };
+        s.append(&msg, 1).await.unwrap();
+        let j = Journal::open(&journal_dir).await.unwrap();
+        let e = JournalEntry {
+            attempt_id: format!("1-1-{}", ulid::Ulid::new()),
+            round_id: 1,
+            item_id: 1,
+            user: "v".into(),
+            qty: 1,
+            idempotency_key: String::new(),
+            arrived_ms: 1,
+        };
+        j.append(&e, 5).await.unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = backend()
+            .args(args)
+            .env_remove("SECKILL_CONFIG")
+            .env("SECKILL__AUTH__ALLOW_DEV_SECRET", "true")
+            .env("SECKILL__DATABASE__URL", &db_url)
+            .env("SECKILL__REDIS__URL", &redis_url)
+            .env("SECKILL__REDIS__KEY_PREFIX", &prefix)
+            .env("SECKILL__RABBITMQ__URL", &amqp_url)
+            .env("SECKILL__RABBITMQ__QUEUE", &queue)
+            .env("SECKILL__DURABILITY__SPOOL_DIR", &spool_dir)
+            .env("SECKILL__DURABILITY__JOURNAL_DIR", &journal_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["spool", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("\"depth\": 1") && out.contains(&attempt),
+        "{out}"
+    );
+    // Owned by a running process: drain refuses.
+    {
+        let _owner = Spool::open(&spool_dir, 10).await.unwrap();
+        let (code, out, err) = run(&["spool", "drain"]);
+        assert_ne!(code, Some(0), "{out}");
+        assert!(err.contains("in use by another process"), "{err}");
+    }
+    let (code, out, err) = run(&["spool", "drain"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("\"published\": 1") && out.contains("\"left\": 0"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["spool", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"depth\": 0"), "{out}");
+
+    let (code, out, err) = run(&["journal", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\"depth\": 1"), "{out}");
+    // No such item on sale: the replay records the refusal and is done.
+    let (code, out, err) = run(&["journal", "replay"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("\"decided\": 1") && out.contains("\"left\": 0"),
+        "{out}"
+    );
+
     let sale = seckill_backend::store::SaleStore::connect(
         &redis_url,
         &prefix,

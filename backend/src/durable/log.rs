@@ -107,15 +107,11 @@ pub fn read(dir: &Path, name: &str) -> Result<Vec<Vec<u8>>, LogError> {
     }
 }
 
+type Reply = oneshot::Sender<Result<(), LogError>>;
+
 enum Req {
-    Append {
-        bytes: Vec<u8>,
-        reply: oneshot::Sender<Result<(), LogError>>,
-    },
-    Rewrite {
-        records: Vec<Vec<u8>>,
-        reply: oneshot::Sender<Result<(), LogError>>,
-    },
+    Append { bytes: Vec<u8>, reply: Reply },
+    Rewrite { records: Vec<Vec<u8>>, reply: Reply },
 }
 
 /// An open log, owned by this process.
@@ -241,7 +237,7 @@ impl Writer {
     }
 
     /// Writes a batch of appends with one sync, and answers each.
-    fn flush(&mut self, batch: Vec<(Vec<u8>, oneshot::Sender<Result<(), LogError>>)>) {
+    fn flush(&mut self, batch: Vec<(Vec<u8>, Reply)>) {
         if batch.is_empty() {
             return;
         }
