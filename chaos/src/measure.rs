@@ -66,7 +66,8 @@ pub struct Row {
     /// false accepts — `processing` promises nothing — but bounded by the
     /// journal (by default each item's stock).
     pub processing_refused: u64,
-    /// The journal's bound over the round's items (the default: the stock).
+    /// The journals' bound over the round's items: each backend's journal
+    /// holds up to each item's stock (the default).
     pub journal_bound: i64,
     /// (Scenario 12) orders written while the broker was still down.
     pub orders_while_broker_down: Option<u64>,
@@ -274,7 +275,8 @@ pub fn row(inp: &Inputs<'_>) -> Row {
         available_at_fault: inp.fault.available_at_fault,
         unsold_at_fault: inp.fault.unsold_at_fault,
         notes: inp.fault.notes.clone(),
-        journal_bound: inp.round.total_stock(),
+        // Each of the two backends journals up to each item's stock.
+        journal_bound: inp.round.total_stock() * 2,
         orders_while_broker_down: inp.fault.orders_while_down,
         ..Default::default()
     };

@@ -117,8 +117,8 @@ impl Scenario {
         matches!(self.id, 1 | 2)
     }
 
-    /// Whether backend 0 runs an order writer of its own (the spool's direct
-    /// hand-off needs one in the same process).
+    /// Whether the backends run an order writer of their own (the spool's
+    /// direct hand-off needs one in the same process).
     pub fn direct_writer(&self) -> bool {
         self.id == 12
     }

@@ -41,8 +41,8 @@ pub struct StackSpec {
     pub backlog_threshold_ms: u64,
     /// `clock.offset_ms` of each backend.
     pub clock_offsets_ms: [i64; 2],
-    /// Backend 0 runs an order writer of its own, so its spool can be
-    /// handed to it directly while the broker stays away.
+    /// The backends run an order writer of their own, so their spools can
+    /// be handed to it directly while the broker stays away.
     pub direct_writer: bool,
     /// `durability.direct_after_ms` of the backends.
     pub direct_after_ms: u64,
@@ -213,7 +213,7 @@ impl Stack {
             .env("SECKILL__HTTP__SHUTDOWN_GRACE_MS", "2000")
             .env(
                 "SECKILL__WRITER__ENABLED",
-                (i == 0 && self.spec.direct_writer).to_string(),
+                self.spec.direct_writer.to_string(),
             )
             .env("SECKILL__LIFECYCLE__ENABLED", "false")
             .env(

@@ -12,8 +12,11 @@
 //!
 //! The journal also carries the buy path's view of Redis
 //! ([`Journal::mark_unreachable`]): while Redis is known to be unreachable,
-//! or journaled buys are still waiting, new buys go to the journal too, so
-//! they are decided in arrival order.
+//! new buys go to the journal straight away instead of waiting for a
+//! timeout each. Once Redis answers, new buys go to Redis again (an edge's
+//! buy carries a permit for units leased to it, which journaled buys
+//! cannot use): journaled buys are decided in arrival order among
+//! themselves, from the units no edge holds.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -280,10 +283,19 @@ impl Journal {
         self.len() == 0
     }
 
-    /// Whether new buys must be journaled: Redis is known unreachable, or
-    /// journaled buys are still waiting for their turn.
+    /// Whether new buys must be journaled: Redis is known unreachable.
     pub fn active(&self) -> bool {
-        self.redis_unreachable.load(Ordering::Acquire) || !self.is_empty()
+        self.redis_unreachable.load(Ordering::Acquire)
+    }
+
+    /// The attempt a buyer has waiting in the journal for an item.
+    pub fn buyer_entry(&self, round_id: i64, item_id: i64, user: &str) -> Option<String> {
+        self.entries
+            .lock()
+            .expect("journal")
+            .by_buyer
+            .get(&(round_id, item_id, user.to_owned()))
+            .cloned()
     }
 
     /// The buy path could not reach Redis.
@@ -368,7 +380,10 @@ mod tests {
         let j = Journal::open(dir.path()).await.unwrap();
         let users: Vec<_> = j.entries().into_iter().map(|e| e.user).collect();
         assert_eq!(users, ["b", "c"]);
+        assert!(!j.active());
+        j.mark_unreachable();
         assert!(j.active());
+        assert_eq!(j.buyer_entry(1, 1, "b"), Some(entry(3, 1, "b").attempt_id));
         assert_eq!(j.append(&entry(6, 1, "d"), 2).await.unwrap(), Appended::New);
     }
 }

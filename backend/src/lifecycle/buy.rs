@@ -21,11 +21,13 @@
 //! When Redis or the broker is away the buy keeps what it can make durable
 //! on local disk ([`crate::durable`]) instead of refusing:
 //!
-//! - Redis unreachable (or journaled buys still waiting, so arrival order
-//!   holds): the buy is checked against the database (item on sale, window,
+//! - Redis unreachable (a reserve got no answer, or Redis is known to be
+//!   away): the buy is checked against the database (item on sale, window,
 //!   per-user limit), journaled and answered `Journaled` (`202
 //!   processing`); [`super::replay`] runs it through the reserve script
-//!   later. The journal is bounded per item (by default the item's stock).
+//!   later, in arrival order. The journal is bounded per item (by default
+//!   the item's stock). A buyer whose journaled buy still waits gets it
+//!   back (`processing`).
 //! - The order message not confirmed: it is spooled and the buy answered
 //!   `Accepted`; [`super::spool_drain`] delivers it.
 //! - Neither can be written (disk full, directory gone, fsync failed): the
@@ -181,6 +183,17 @@ async fn run(
         // The reserve does not run: the edge's permit is untouched.
         *permit = Some(Effect::Kept);
         return journal_buy(lc, durable, &id, req, now).await;
+    }
+    if let Some(attempt_id) = durable
+        .journal
+        .buyer_entry(req.round_id, req.item_id, &req.user)
+    {
+        // The buyer's journaled buy is still waiting for its replay.
+        *permit = Some(Effect::Kept);
+        return Ok(Bought::Retry {
+            attempt_id,
+            status: AttemptStatus::Processing,
+        });
     }
     let outcome = match reserve_verified(lc, &id, req, now, permit).await {
         Ok(o) => o,

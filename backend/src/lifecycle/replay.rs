@@ -20,7 +20,7 @@
 //! database before anything is replayed on them (the buy path's reserve
 //! does that).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ pub async fn run(
     let journal = &durable.journal;
     loop {
         journal.gauges();
-        if !journal.active() {
+        if !journal.active() && journal.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = journal.changed() => {}
@@ -97,16 +97,45 @@ pub async fn run(
     }
 }
 
-/// One pass over the journal in arrival order.
+/// One pass over the journal in arrival order: the items one after the
+/// other each, different items side by side.
 pub async fn pass(lc: &Arc<Lifecycle>, publisher: &Publisher, durable: &Durable) -> Pass {
-    let mut out = Pass::default();
-    let mut blocked: HashSet<(i64, i64)> = HashSet::new();
+    let mut by_item: Vec<((i64, i64), Vec<JournalEntry>)> = Vec::new();
     for e in durable.journal.entries() {
         let item = (e.round_id, e.item_id);
-        if blocked.contains(&item) {
-            out.waiting += 1;
-            continue;
+        match by_item.iter_mut().find(|(k, _)| *k == item) {
+            Some((_, v)) => v.push(e),
+            None => by_item.push((item, vec![e])),
         }
+    }
+    let passes = futures::future::join_all(
+        by_item
+            .into_iter()
+            .map(|(_, entries)| item_pass(lc, publisher, durable, entries)),
+    )
+    .await;
+    let mut out = Pass::default();
+    for p in passes {
+        out.decided += p.decided;
+        out.waiting += p.waiting;
+        out.redis_unreachable |= p.redis_unreachable;
+    }
+    if out.redis_unreachable {
+        durable.journal.mark_unreachable();
+    }
+    out
+}
+
+/// The entries of one item, in arrival order, until one must wait.
+async fn item_pass(
+    lc: &Arc<Lifecycle>,
+    publisher: &Publisher,
+    durable: &Durable,
+    entries: Vec<JournalEntry>,
+) -> Pass {
+    let mut out = Pass::default();
+    let total = entries.len();
+    for e in entries {
         match replay_one(lc, publisher, durable, &e).await {
             Step::Done(outcome) => {
                 metrics::counter!("seckill_journal_replayed_total", "outcome" => outcome)
@@ -115,25 +144,19 @@ pub async fn pass(lc: &Arc<Lifecycle>, publisher: &Publisher, durable: &Durable)
                     // Replayed again later: the reserve then finds the
                     // same attempt, or the recorded refusal stands.
                     tracing::error!(attempt_id = %e.attempt_id, error = %err, "journal entry decided but not removed");
-                    out.waiting += 1;
-                    blocked.insert(item);
-                    continue;
+                    break;
                 }
                 tracing::info!(attempt_id = %e.attempt_id, outcome, "journaled buy replayed");
                 out.decided += 1;
             }
-            Step::Later => {
-                out.waiting += 1;
-                blocked.insert(item);
-            }
+            Step::Later => break,
             Step::Unreachable => {
                 out.redis_unreachable = true;
-                out.waiting = durable.journal.len();
-                durable.journal.mark_unreachable();
-                return out;
+                break;
             }
         }
     }
+    out.waiting = total - out.decided;
     out
 }
 
