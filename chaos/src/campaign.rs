@@ -250,7 +250,7 @@ async fn run_scenario(
     let starts = unix_ms() + 3_000;
     // The window stays open long enough for the wave after the slowest
     // fault (a RabbitMQ restart on busy cores); the crowd is done earlier.
-    let ends = starts + spread.as_millis() as i64 + 30_000;
+    let ends = starts + spread.as_millis() as i64 + 30_000 + sc.extra().as_millis() as i64;
     let admin = Admin::new(&stack.admin_url(), secret)?;
     let round = admin
         .open_round(&RoundSpec {
@@ -271,7 +271,7 @@ async fn run_scenario(
         concurrency: opts.concurrency,
         secret: secret.to_owned(),
         seed: opts.seed ^ u64::from(sc.id),
-        cap: Duration::from_secs(3) + spread + Duration::from_secs(40),
+        cap: Duration::from_secs(3) + spread + Duration::from_secs(40) + sc.extra(),
     };
     let crowd = CrowdRun::spawn(&crowd_spec, &round)?;
 

@@ -42,6 +42,9 @@ pub struct Row {
     pub units_sold: i64,
     /// Buy answers `503` (as the crowd saw them, edge or backend).
     pub answers_503: u64,
+    /// Of those, the backends' (the edge's own 503 — no permit could be
+    /// leased in time — carries `retry_after_ms`).
+    pub answers_503_backend: u64,
     /// Buy requests that got no HTTP answer (connection refused, reset,
     /// timeout).
     pub buy_errors: u64,
@@ -283,6 +286,9 @@ pub fn row(inp: &Inputs<'_>) -> Row {
     for (outcome, n) in inp.buy_outcomes {
         if outcome.starts_with("503") {
             r.answers_503 += n;
+            if !outcome.ends_with("at_edge") {
+                r.answers_503_backend += n;
+            }
         } else if outcome.starts_with("error") {
             r.buy_errors += n;
         }
@@ -594,10 +600,10 @@ fn judge(r: &mut Row, fault: &FaultRecord) {
             r.processing_refused, r.journal_bound
         ));
     }
-    if fault.no_503_goal && r.answers_503 > 0 {
+    if fault.no_503_goal && r.answers_503_backend > 0 {
         why.push(format!(
-            "{} buys answered 503 while the spool had room",
-            r.answers_503
+            "{} buys answered 503 by a backend while the spool had room",
+            r.answers_503_backend
         ));
     }
     if fault.orders_while_down == Some(0) {

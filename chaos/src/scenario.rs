@@ -123,6 +123,16 @@ impl Scenario {
         self.id == 12
     }
 
+    /// Extra time the sale window and the crowd get for a long fault (the
+    /// broker kept down, then restarted: up to 40 s on two busy cores).
+    pub fn extra(&self) -> Duration {
+        match self.id {
+            4 => Duration::from_secs(45),
+            12 => Duration::from_secs(60),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Whether a `503` fails the row: the broker's outage is taken by the
     /// spool.
     pub fn no_503(&self) -> bool {

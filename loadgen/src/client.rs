@@ -207,7 +207,11 @@ pub fn label(status: u16, body: &Value) -> String {
         .get("error")
         .and_then(Value::as_str)
         .or_else(|| body.get("status").and_then(Value::as_str));
+    // The edge's own 503 (no permit could be leased: Redis did not answer
+    // it in time) carries `retry_after_ms`; a backend's does not.
+    let at_edge = status == 503 && body.get("retry_after_ms").is_some();
     match code {
+        Some(c) if at_edge => format!("{status} {c} at_edge"),
         Some(c) => format!("{status} {c}"),
         None => status.to_string(),
     }
