@@ -516,9 +516,16 @@ impl OrderWriter {
             futures::future::join_all(pending.iter().map(|(m, id)| self.claim(m, id, now))).await;
         let pay_by = now + self.lc.config.payment_timeout_ms();
         let mut rows = Vec::new();
+        let mut seen = HashSet::new();
         for ((msg, _), claim) in pending.iter().zip(claims) {
             if claim? == stored::CANCELLED {
                 tracing::info!(attempt_id = %msg.attempt_id, "attempt was cancelled; no order");
+                continue;
+            }
+            // The same message twice in one batch (a spooled message and the
+            // sweep's republication of it): one row, or the stock guard
+            // would count its units twice and refuse the order.
+            if !seen.insert(msg.attempt_id.as_str()) {
                 continue;
             }
             rows.push(order::ActiveModel {

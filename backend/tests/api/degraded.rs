@@ -351,3 +351,29 @@ async fn a_spool_directory_removed_under_the_backend_fails_closed() {
     assert_eq!(app.counters(round, items[0]).await, (3, 3, 0, 0));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_same_order_twice_in_one_batch_is_written_once_within_stock() {
+    let app = TestApp::spawn_with(TestOptions {
+        writer: false,
+        amqp_url: Some(format!("amqp://guest:guest@{}/%2f", dead_addr().await)),
+        ..Default::default()
+    })
+    .await;
+    let (round, items) = app.open_round(json!([item(1, 1)]), -1_000, 3_600_000).await;
+    let t = app.token("twice", Role::Buyer);
+    let (s, v) = app.buy(round, items[0], &t, 1).await;
+    assert_eq!(s, 202, "{v}");
+    // The spooled message and, say, the sweep's republication of it reach
+    // the writer together: the last unit is still this buyer's.
+    let msg = app.state.durable.spool.oldest(1).remove(0).msg;
+    app.order_writer()
+        .write_direct(&[msg.clone(), msg])
+        .await
+        .unwrap();
+    let f = app.poll_final(v["attempt_id"].as_str().unwrap(), &t).await;
+    assert_eq!(f["status"], "ordered", "{f}");
+    assert_eq!(app.order_count().await, 1);
+    assert_eq!(app.counters(round, items[0]).await, (1, 0, 1, 0));
+    app.teardown().await;
+}
