@@ -1,12 +1,16 @@
 //! The buy: reserve units in Redis, publish the order message, and accept
-//! only after the broker's confirm. What the buyer is told must match what
-//! happened to the units:
+//! only after the broker's confirm or a durable local record. What the
+//! buyer is told must match what happened to the units:
 //!
-//! - `Accepted` only after the order message was confirmed (or the order
-//!   writer already claimed the attempt, so the message did arrive);
-//! - every other outcome leaves nothing reserved — an unconfirmed publish
-//!   is released; a reserve whose reply was lost is released in the
-//!   background once Redis answers again.
+//! - `Accepted` only after the order message was confirmed, or spooled on
+//!   local disk (or the order writer already claimed the attempt, so the
+//!   message did arrive);
+//! - `Journaled` only after the buy itself is on local disk (nothing is
+//!   reserved yet: the replay decides it);
+//! - every other outcome leaves nothing reserved — a publish neither
+//!   confirmed nor spooled is released; a reserve whose reply was lost and
+//!   that could not be journaled is released in the background once Redis
+//!   answers again.
 //!
 //! The work from the reserve to the confirm (or the release) runs on a task
 //! of its own, so a client that disconnects cannot cancel it half-way and
