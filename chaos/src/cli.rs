@@ -77,7 +77,7 @@ impl Options {
         } else if self.ci {
             vec![0, 1, 4, 7]
         } else {
-            (0..=11).collect()
+            crate::scenario::ALL.iter().map(|s| s.id).collect()
         }
     }
 
