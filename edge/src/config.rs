@@ -64,6 +64,14 @@ pub struct HttpConfig {
     /// Pingora's pid file and upgrade socket (unique per instance).
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
+    /// Let the proxy's worker threads steal each other's tasks (Pingora's
+    /// default). Off: one single-threaded runtime per thread, as nginx's
+    /// workers, so a connection stays on the thread (and Lua VM) that
+    /// accepted it and no cross-thread wake-ups are paid per request.
+    pub work_stealing: bool,
+    /// One `info` line per request (tracing target `access`). Off by
+    /// default: formatting it costs as much as a sold-out answer's Lua.
+    pub access_log: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -171,6 +179,8 @@ impl Default for HttpConfig {
             shutdown_timeout_secs: 10,
             pid_file: "/tmp/seckill-edge.pid".into(),
             upgrade_sock: "/tmp/seckill-edge-upgrade.sock".into(),
+            work_stealing: false,
+            access_log: false,
         }
     }
 }

@@ -4,8 +4,20 @@
 //!
 //! Identity headers sent to the backend are set here and nowhere else; the
 //! client's copies are always stripped.
+//!
+//! Verified tokens are remembered per worker thread (at most
+//! [`TOKEN_CACHE_ENTRIES`], keyed by the token's exact text, each until its
+//! `exp` plus the leeway, as the full check would decide), so a buyer's
+//! repeated requests skip the JWT decode and HMAC. Refused tokens are not
+//! remembered.
 
-use std::net::IpAddr;
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use seckill_proto::auth::{Claims, TokenError, TokenKeys};
 
@@ -18,11 +30,32 @@ pub const USER_HEADER: &str = "x-seckill-user";
 /// The verified role header set for the backend.
 pub const ROLE_HEADER: &str = "x-seckill-role";
 
+/// Verified tokens one worker thread remembers; when full it starts over.
+pub const TOKEN_CACHE_ENTRIES: usize = 4096;
+
+/// Tells the [`Identity`] instances of one process apart in the caches.
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// A token the full check accepted, and until when that holds.
+struct Verified {
+    /// The [`Identity`] (secret and leeway) that verified it.
+    instance: u64,
+    claims: Claims,
+    /// Unix seconds after which the token is expired (`exp` + leeway).
+    valid_until: u64,
+}
+
+thread_local! {
+    static VERIFIED: RefCell<HashMap<Box<str>, Verified>> = RefCell::new(HashMap::new());
+}
+
 /// Resolves client addresses and verifies tokens.
 #[derive(Clone)]
 pub struct Identity {
     trusted: Vec<Cidr>,
     keys: TokenKeys,
+    leeway_secs: u64,
+    instance: u64,
 }
 
 impl Identity {
@@ -30,6 +63,8 @@ impl Identity {
         Self {
             trusted,
             keys: TokenKeys::new(secret, leeway_secs),
+            leeway_secs,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -66,7 +101,42 @@ impl Identity {
 
     /// Verifies an `Authorization` header value.
     pub fn verify(&self, authorization: Option<&str>) -> Result<Claims, TokenError> {
-        self.keys.verify_header(authorization)
+        let token = authorization.and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(str::trim)
+        });
+        let Some(token) = token else {
+            return self.keys.verify_header(authorization);
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let hit = VERIFIED.with(|c| {
+            c.borrow()
+                .get(token)
+                .filter(|v| v.instance == self.instance && now <= v.valid_until)
+                .map(|v| v.claims.clone())
+        });
+        if let Some(claims) = hit {
+            return Ok(claims);
+        }
+        let claims = self.keys.verify(token)?;
+        VERIFIED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= TOKEN_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(
+                token.into(),
+                Verified {
+                    instance: self.instance,
+                    valid_until: claims.exp.saturating_add(self.leeway_secs),
+                    claims: claims.clone(),
+                },
+            );
+        });
+        Ok(claims)
     }
 }
 
@@ -80,6 +150,30 @@ mod tests {
             b"0123456789abcdef0123",
             0,
         )
+    }
+
+    #[test]
+    fn remembered_tokens_are_the_verified_ones() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123", 0);
+        let i = id(&[]);
+        let t = keys.mint("alice", seckill_proto::auth::Role::Buyer, 60);
+        let header = format!("Bearer {t}");
+        assert_eq!(i.verify(Some(&header)).unwrap().sub, "alice");
+        // From the cache, the same answer.
+        assert_eq!(i.verify(Some(&header)).unwrap().sub, "alice");
+        // Another secret does not see this instance's entries.
+        let other = Identity::new(Vec::new(), b"another-secret-0123456", 0);
+        assert_eq!(other.verify(Some(&header)), Err(TokenError::Invalid));
+        // A tampered token is checked in full.
+        let bad = format!("{header}x");
+        assert_eq!(i.verify(Some(&bad)), Err(TokenError::Invalid));
+        // Expired tokens stay refused.
+        let old = format!(
+            "Bearer {}",
+            keys.mint("bob", seckill_proto::auth::Role::Buyer, -120)
+        );
+        assert_eq!(i.verify(Some(&old)), Err(TokenError::Expired));
+        assert_eq!(i.verify(None), Err(TokenError::Missing));
     }
 
     #[test]

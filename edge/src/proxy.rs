@@ -7,7 +7,8 @@
 //! phases settle permits ([`permits`]) from the backend's permit header (a
 //! buy carries its permits in `x-seckill-permit`; the edge strips that
 //! header from what clients send and from what they receive); `logging`
-//! records metrics and the access log, then runs the Lua log phase.
+//! records metrics and the access log (`http.access_log`), then runs the
+//! Lua log phase.
 //!
 //! Retries: only connect failures are retried (on another backend), so a
 //! buy request that reached a backend is never replayed.
@@ -123,6 +124,8 @@ pub struct Edge {
     pub read_timeout: Duration,
     /// `lua.max_body_bytes`: the largest body read for the access phase.
     pub max_body_bytes: usize,
+    /// `http.access_log`: one `info` line per request.
+    pub access_log: bool,
 }
 
 /// A JSON error body in the contract's shape.
@@ -222,23 +225,57 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>,
     Ok(more.map(|m| m.freeze()).or(first).or(Some(Bytes::new())))
 }
 
-/// Writes a complete response.
+/// A `content-length` value without going through `fmt`.
+fn content_length(len: usize) -> http::HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    http::HeaderValue::from_str(buf.format(len)).expect("digits are a header value")
+}
+
+/// The metric label of a status (no allocation for the usual ones).
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    let known = match status {
+        0 => "0",
+        200 => "200",
+        202 => "202",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return status.to_string().into(),
+    };
+    known.into()
+}
+
+/// Writes a complete response: constant headers, then the headers a
+/// script set (taken, not copied).
 async fn respond(
     session: &mut Session,
     status: u16,
-    headers: &[(&str, &str)],
-    extra: &[(String, String)],
+    headers: &[(&'static str, &'static str)],
+    extra: Vec<(String, String)>,
     body: Bytes,
 ) -> Result<()> {
     drain_small_body(session).await;
     let mut resp = ResponseHeader::build(status, Some(headers.len() + extra.len() + 2))?;
     for (k, v) in headers {
-        resp.insert_header(k.to_string(), v.to_string())?;
+        resp.insert_header(*k, http::HeaderValue::from_static(v))?;
     }
     for (k, v) in extra {
-        resp.append_header(k.clone(), v.clone())?;
+        resp.append_header(k, v)?;
     }
-    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("content-length", content_length(body.len()))?;
     let head_only = session.req_header().method == http::Method::HEAD;
     let end = head_only || body.is_empty();
     session.write_response_header(Box::new(resp), end).await?;
@@ -256,7 +293,7 @@ async fn respond_json(session: &mut Session, status: u16, body: Bytes) -> Result
             ("content-type", "application/json"),
             ("cache-control", "no-store"),
         ],
-        &[],
+        Vec::new(),
         body,
     )
     .await
@@ -276,7 +313,7 @@ impl Edge {
                 session,
                 405,
                 &[("content-type", "application/json"), ("allow", "GET, HEAD")],
-                &[],
+                Vec::new(),
                 body,
             )
             .await?;
@@ -308,7 +345,7 @@ impl Edge {
                 for (k, v) in extra {
                     resp.insert_header(k, v)?;
                 }
-                resp.insert_header("content-length", body.len().to_string())?;
+                resp.insert_header("content-length", content_length(body.len()))?;
                 let head_only = session.req_header().method == http::Method::HEAD;
                 session
                     .write_response_header(Box::new(resp), head_only)
@@ -432,9 +469,10 @@ impl Edge {
         let (user, role) = ctx
             .user
             .as_ref()
-            .map(|(u, r)| (u.clone(), r.to_string()))
+            .map(|(u, r)| (u.clone(), (*r).to_owned()))
             .unwrap_or_default();
-        lreq = lreq.var("user_id", &user).var("user_role", &role);
+        lreq.vars.insert("user_id".to_owned(), user);
+        lreq.vars.insert("user_role".to_owned(), role);
 
         let decision = self.access.run(lreq).await;
         ctx.permits = decision.permits;
@@ -462,8 +500,10 @@ impl Edge {
                 // Decided not to forward after all: the permits go back.
                 self.settle(ctx, Some(Effect::Kept));
                 ctx.answered = Some("access");
-                let reason = ctx.reason.clone().unwrap_or_else(|| status.to_string());
-                self.metrics.rejection(&reason);
+                match ctx.reason.as_deref() {
+                    Some(reason) => self.metrics.rejection(reason),
+                    None => self.metrics.rejection(&status_label(status)),
+                }
                 let body = if body.is_empty() {
                     error_body(code_for(status), "refused at the edge")
                 } else {
@@ -477,7 +517,7 @@ impl Edge {
                 } else {
                     &[("content-type", "application/json")]
                 };
-                respond(session, status, ct, &headers, body).await?;
+                respond(session, status, ct, headers, body).await?;
                 Ok(true)
             }
         }
@@ -702,22 +742,24 @@ impl ProxyHttp for Edge {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let outcome = status.to_string();
-        self.metrics.request(ctx.route.label(), &outcome);
-        let req = session.req_header();
-        tracing::info!(
-            target: "access",
-            method = %req.method,
-            path = %req.uri.path(),
-            status,
-            route = ctx.route.label(),
-            client = ?ctx.client,
-            user = ctx.user.as_ref().map(|(u, _)| u.as_str()).unwrap_or(""),
-            by = ctx.answered.unwrap_or("backend"),
-            reason = ctx.reason.as_deref().unwrap_or(""),
-            ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-            error = e.map(|e| e.to_string()).unwrap_or_default(),
-        );
+        self.metrics
+            .request(ctx.route.label(), &status_label(status));
+        if self.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                path = %req.uri.path(),
+                status,
+                route = ctx.route.label(),
+                client = ?ctx.client,
+                user = ctx.user.as_ref().map(|(u, _)| u.as_str()).unwrap_or(""),
+                by = ctx.answered.unwrap_or("backend"),
+                reason = ctx.reason.as_deref().unwrap_or(""),
+                ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+                error = e.map(|e| e.to_string()).unwrap_or_default(),
+            );
+        }
         // The Lua log phase (log_by_lua), for every request that ran the
         // access phase, answered by the edge, the backend or a failure.
         // Nothing written means the client went away: nginx's 499.

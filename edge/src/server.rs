@@ -145,6 +145,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
         read_timeout: Duration::from_millis(cfg.upstream.read_timeout_ms),
         max_body_bytes: cfg.lua.max_body_bytes,
+        access_log: cfg.http.access_log,
     };
 
     let conf = ServerConf {
@@ -153,6 +154,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         upgrade_sock: cfg.http.upgrade_sock.to_string_lossy().into_owned(),
         grace_period_seconds: Some(cfg.http.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(cfg.http.shutdown_timeout_secs),
+        work_stealing: cfg.http.work_stealing,
         ..ServerConf::default()
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);

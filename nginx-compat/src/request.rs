@@ -81,12 +81,20 @@ impl Request {
         let (path, args) = target.split_once('?').unwrap_or((target, ""));
         let uri = uri::normalize(path)?;
         let raw_path = (uri != path).then(|| path.to_owned());
+        // Spelled out rather than `..Self::default()`, whose method and
+        // uri strings would be allocated only to be dropped.
         Ok(Self {
             method: method.to_owned(),
             uri,
             raw_path,
             args: args.to_owned(),
-            ..Self::default()
+            headers: Vec::new(),
+            remote_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            scheme: "http".into(),
+            host: "localhost".into(),
+            server_port: 80,
+            vars: HashMap::new(),
+            body: None,
         })
     }
 

@@ -35,15 +35,15 @@ fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// If `t` is an array by lua-cjson's rules, its length.
-fn array_len(t: &Table) -> mlua::Result<Option<usize>> {
+/// If a table with these entries is an array by lua-cjson's rules, its
+/// length.
+fn array_len(pairs: &[(Value, Value)]) -> Option<usize> {
     let mut max = 0usize;
     let mut count = 0usize;
-    for pair in t.clone().pairs::<Value, Value>() {
-        let (k, _) = pair?;
+    for (k, _) in pairs {
         let idx = match k {
-            Value::Integer(i) if i >= 1 => usize::try_from(i).unwrap_or(usize::MAX),
-            _ => return Ok(None),
+            Value::Integer(i) if *i >= 1 => usize::try_from(*i).unwrap_or(usize::MAX),
+            _ => return None,
         };
         max = max.max(idx);
         count += 1;
@@ -51,9 +51,9 @@ fn array_len(t: &Table) -> mlua::Result<Option<usize>> {
     // Excessively sparse arrays are refused by cjson; we encode them as
     // objects instead of failing (ratio 2, safe below 10).
     if max > 10 && max > count * 2 {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(max))
+    Some(max)
 }
 
 fn encode_into(lua: &Lua, out: &mut Vec<u8>, v: &Value, depth: usize) -> mlua::Result<()> {
@@ -67,7 +67,7 @@ fn encode_into(lua: &Lua, out: &mut Vec<u8>, v: &Value, depth: usize) -> mlua::R
         Value::LightUserData(p) if p.0.is_null() => out.extend_from_slice(b"null"),
         Value::LightUserData(_) if *v == empty_array() => out.extend_from_slice(b"[]"),
         Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Integer(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
         Value::Number(n) => {
             if !n.is_finite() {
                 return Err(mlua::Error::runtime(
@@ -79,10 +79,16 @@ fn encode_into(lua: &Lua, out: &mut Vec<u8>, v: &Value, depth: usize) -> mlua::R
         Value::String(s) => escape_into(out, &s.as_bytes()),
         Value::Table(t) => {
             let is_array_mt = t.metatable().is_some_and(|mt| mt == lua.array_metatable());
+            // One traversal: the entries decide array or object, and an
+            // object is written from them.
+            let mut pairs = Vec::new();
             let len = if is_array_mt {
                 Some(t.raw_len())
             } else {
-                match array_len(t)? {
+                pairs = t
+                    .pairs::<Value, Value>()
+                    .collect::<mlua::Result<Vec<_>>>()?;
+                match array_len(&pairs) {
                     Some(0) => None,
                     other => other,
                 }
@@ -101,8 +107,7 @@ fn encode_into(lua: &Lua, out: &mut Vec<u8>, v: &Value, depth: usize) -> mlua::R
                 None => {
                     out.push(b'{');
                     let mut first = true;
-                    for pair in t.clone().pairs::<Value, Value>() {
-                        let (k, val) = pair?;
+                    for (k, val) in pairs {
                         if !first {
                             out.push(b',');
                         }

@@ -13,18 +13,21 @@ use std::sync::Arc;
 use mlua::{Function, Lua, LuaString, Table, Value};
 use regex::bytes::{Captures, Regex, RegexBuilder};
 
-/// Compiled patterns by (options, pattern).
+/// Compiled patterns by options, then pattern: two maps so that a lookup
+/// borrows both and allocates nothing.
 #[derive(Default)]
-struct Cache(HashMap<(String, Vec<u8>), Arc<Regex>>);
+struct Cache {
+    by_opts: HashMap<String, HashMap<Vec<u8>, Arc<Regex>>>,
+    len: usize,
+}
 
 /// Enough for every pattern a set of access scripts uses; beyond it the
 /// cache is cleared rather than grown without bound.
 const CACHE_MAX: usize = 1024;
 
 fn compile(lua: &Lua, pattern: &[u8], opts: &str) -> Result<Arc<Regex>, String> {
-    let key = (opts.to_owned(), pattern.to_vec());
     if let Some(cache) = lua.app_data_ref::<Cache>()
-        && let Some(re) = cache.0.get(&key)
+        && let Some(re) = cache.by_opts.get(opts).and_then(|m| m.get(pattern))
     {
         return Ok(re.clone());
     }
@@ -62,10 +65,18 @@ fn compile(lua: &Lua, pattern: &[u8], opts: &str) -> Result<Arc<Regex>, String> 
         )
     })?);
     if let Some(mut cache) = lua.app_data_mut::<Cache>() {
-        if cache.0.len() >= CACHE_MAX {
-            cache.0.clear();
+        if cache.len >= CACHE_MAX {
+            cache.by_opts.clear();
+            cache.len = 0;
         }
-        cache.0.insert(key, re.clone());
+        let added = cache
+            .by_opts
+            .entry(opts.to_owned())
+            .or_default()
+            .insert(pattern.to_vec(), re.clone());
+        if added.is_none() {
+            cache.len += 1;
+        }
     }
     Ok(re)
 }
