@@ -110,6 +110,9 @@ impl Backend {
         cfg.sale.rounds_cache_ms = 50;
         cfg.pages.dir = dir.path().join("pages");
         std::fs::create_dir_all(&cfg.pages.dir).unwrap();
+        // One spool and journal per backend: tests run side by side.
+        cfg.durability.spool_dir = dir.path().join("spool");
+        cfg.durability.journal_dir = dir.path().join("journal");
         cfg.database.url = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("orders.db").display()
