@@ -72,6 +72,12 @@ pub struct RabbitConfig {
     pub connect_timeout_ms: u64,
     /// Deliveries of one message before the broker dead-letters it.
     pub delivery_limit: u32,
+    /// For throwaway environments (tests, trial runs) only: the broker
+    /// deletes every queue of the topology, with its messages, once it has
+    /// gone unused (no consumer, no redeclaration) this long, so an
+    /// abandoned run leaves nothing behind. Must exceed every delay the
+    /// topology holds messages for. Unset (the default) in production.
+    pub queue_expires_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +260,7 @@ impl Default for RabbitConfig {
             confirm_timeout_ms: 5_000,
             connect_timeout_ms: 3_000,
             delivery_limit: 20,
+            queue_expires_ms: None,
         }
     }
 }
@@ -410,6 +417,25 @@ impl Config {
         }
         if self.rabbitmq.delivery_limit == 0 {
             return Err(invalid("rabbitmq.delivery_limit", "must be positive"));
+        }
+        if let Some(expires) = self.rabbitmq.queue_expires_ms {
+            let longest_delay = self
+                .writer
+                .retry_delays_ms
+                .iter()
+                .copied()
+                .chain([
+                    (self.payment_timeout_ms() + self.lifecycle.expiry_grace_ms as i64).max(0)
+                        as u64,
+                ])
+                .max()
+                .unwrap_or(0);
+            if expires <= longest_delay || expires > i32::MAX as u64 {
+                return Err(invalid(
+                    "rabbitmq.queue_expires_ms",
+                    "must exceed every retry delay and the payment timeout plus grace (and fit 32 bits)",
+                ));
+            }
         }
         if !(self.database.url.starts_with("sqlite:")
             || self.database.url.starts_with("postgres://")
@@ -575,6 +601,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn queues_may_not_expire_while_they_hold_a_delayed_message() {
+        let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
+        let payment_wait = (c.payment_timeout_ms() + c.lifecycle.expiry_grace_ms as i64) as u64;
+        c.rabbitmq.queue_expires_ms = Some(payment_wait);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "rabbitmq.queue_expires_ms",
+                ..
+            })
+        ));
+        c.rabbitmq.queue_expires_ms = Some(payment_wait + 1);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -190,6 +190,7 @@ async fn reconcile_and_dead_letters_subcommands() {
             .env("SECKILL__REDIS__KEY_PREFIX", &prefix)
             .env("SECKILL__RABBITMQ__URL", &amqp_url)
             .env("SECKILL__RABBITMQ__QUEUE", &queue)
+            .env("SECKILL__RABBITMQ__QUEUE_EXPIRES_MS", "900000")
             .output()
             .unwrap();
         (
@@ -278,6 +279,7 @@ async fn spool_and_journal_subcommands() {
             .env("SECKILL__REDIS__KEY_PREFIX", &prefix)
             .env("SECKILL__RABBITMQ__URL", &amqp_url)
             .env("SECKILL__RABBITMQ__QUEUE", &queue)
+            .env("SECKILL__RABBITMQ__QUEUE_EXPIRES_MS", "900000")
             .env("SECKILL__DURABILITY__SPOOL_DIR", &spool_dir)
             .env("SECKILL__DURABILITY__JOURNAL_DIR", &journal_dir)
             .output()

@@ -71,6 +71,7 @@ async fn sigterm_drains_in_flight_buys() {
         .env("SECKILL__REDIS__KEY_PREFIX", &prefix)
         .env("SECKILL__RABBITMQ__URL", &amqp_url)
         .env("SECKILL__RABBITMQ__QUEUE", &queue)
+        .env("SECKILL__RABBITMQ__QUEUE_EXPIRES_MS", "900000")
         .env("SECKILL__DATABASE__URL", &db_url)
         .env("SECKILL__PAGES__DIR", dir.path().join("pages"))
         .env("SECKILL__DURABILITY__SPOOL_DIR", dir.path().join("spool"))

@@ -44,6 +44,7 @@ impl Backend {
         cfg.rabbitmq.url = AMQP_URL.into();
         cfg.rabbitmq.queue = format!("seckill.loadgen-test.{id}");
         cfg.rabbitmq.queue_type = QueueType::Quorum;
+        cfg.rabbitmq.queue_expires_ms = Some(900_000);
         cfg.database.url = format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("orders.db").display()

@@ -34,6 +34,8 @@ pub struct Topology {
     pub delivery_limit: u32,
     pub retry_delays_ms: Vec<u64>,
     pub expiry_delay_ms: u64,
+    /// `x-expires` on every queue (throwaway environments only).
+    pub queue_expires_ms: Option<u64>,
 }
 
 impl Topology {
@@ -52,6 +54,7 @@ impl Topology {
             delivery_limit: rabbit.delivery_limit,
             retry_delays_ms,
             expiry_delay_ms,
+            queue_expires_ms: rabbit.queue_expires_ms,
         }
     }
 
@@ -98,6 +101,12 @@ impl Topology {
             args.insert(
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
+            );
+        }
+        if let Some(ms) = self.queue_expires_ms {
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(ms.min(i64::MAX as u64) as i64),
             );
         }
         args

@@ -109,6 +109,8 @@ impl TestApp {
         cfg.rabbitmq.queue_type = QueueType::Quorum;
         cfg.rabbitmq.confirm_timeout_ms = 3_000;
         cfg.rabbitmq.connect_timeout_ms = 2_000;
+        // A test that fails before its teardown leaves no queues behind.
+        cfg.rabbitmq.queue_expires_ms = Some(900_000);
         if let Some(n) = opts.delivery_limit {
             cfg.rabbitmq.delivery_limit = n;
         }

@@ -107,6 +107,8 @@ impl Backend {
         cfg.rabbitmq.url = amqp_url();
         cfg.rabbitmq.queue = format!("seckill.edgetest.{id}");
         cfg.rabbitmq.queue_type = QueueType::Classic;
+        // A test that fails before its teardown leaves no queues behind.
+        cfg.rabbitmq.queue_expires_ms = Some(900_000);
         cfg.sale.rounds_cache_ms = 50;
         cfg.pages.dir = dir.path().join("pages");
         std::fs::create_dir_all(&cfg.pages.dir).unwrap();
