@@ -202,6 +202,8 @@ async fn sigterm_drains_in_flight_buys() {
     cfg.rabbitmq = RabbitConfig {
         url: amqp_url.clone(),
         queue: queue.clone(),
+        // As the backend declared them (SECKILL__RABBITMQ__QUEUE_EXPIRES_MS).
+        queue_expires_ms: Some(900_000),
         ..cfg.rabbitmq
     };
     let stop = CancellationToken::new();
