@@ -50,6 +50,8 @@ impl Backend {
             dir.path().join("orders.db").display()
         );
         cfg.pages.dir = dir.path().join("pages");
+        cfg.durability.spool_dir = dir.path().join("spool");
+        cfg.durability.journal_dir = dir.path().join("journal");
         cfg.sale.rounds_cache_ms = 50;
         // The load generator's default secret is the development one.
         cfg.auth.allow_dev_secret = true;

@@ -360,6 +360,62 @@ async fn cjson_encode_decode() {
 }
 
 #[tokio::test]
+async fn cjson_encodes_what_lua_cjson_writes_and_refuses_what_it_refuses() {
+    let n = node(
+        r##"
+        local cjson = require "cjson"
+        local safe = require "cjson.safe"
+        -- arrays: dense, nested, marked, sparse (as an object), holes
+        ngx.say(cjson.encode({{1, {}}, {"a"}, setmetatable({}, cjson.array_mt)}))
+        ngx.say(cjson.encode({[1] = "a", [3] = "c"}))
+        ngx.say(cjson.encode({[20] = true}))
+        ngx.say(cjson.encode(setmetatable({1, 2}, cjson.array_mt)))
+        -- numbers: integers, floats, -0, large integral values, keys
+        ngx.say(cjson.encode({0, -7, 1.5, -0.0, 1e15, 2^53, 0.1, 1e300}))
+        ngx.say(cjson.encode({[2.5] = 1}))
+        -- strings: every escape
+        ngx.say(cjson.encode("q\"b\\s/n\nr\rt\tb\bf\f\1\127é"))
+        -- scalars and sentinels
+        ngx.say(cjson.encode(nil), " ", cjson.encode(true), " ", cjson.encode(false),
+          " ", cjson.encode(cjson.null), " ", cjson.encode(cjson.empty_array))
+        -- refusals: cjson raises, cjson.safe answers nil and the message
+        for _, bad in ipairs({ {f = print}, {[true] = 1}, 0/0, 1/0, {coroutine.create(print)} }) do
+          local ok, err = pcall(cjson.encode, bad)
+          local r, serr = safe.encode(bad)
+          ngx.say(tostring(ok), " ", tostring(r), " ", tostring(err == serr), " ", serr)
+        end
+        local deep = {}
+        local t = deep
+        for _ = 1, 1100 do t[1] = {}; t = t[1] end
+        ngx.say(select(2, safe.encode(deep)))
+        -- the stack is left as found: encode inside an expression list
+        ngx.say(select("#", cjson.encode({1}), cjson.encode({2})))
+        "##,
+        &[],
+    );
+    assert_eq!(
+        say(&n.vm).await,
+        concat!(
+            "[[1,{}],[\"a\"],[]]\n",
+            "[\"a\",null,\"c\"]\n",
+            "{\"20\":true}\n",
+            "[1,2]\n",
+            "[0,-7,1.5,0,1000000000000000,9007199254740992,0.1,1e+300]\n",
+            "{\"2.5\":1}\n",
+            "\"q\\\"b\\\\s\\/n\\nr\\rt\\tb\\bf\\f\\u0001\\u007fé\"\n",
+            "null true false null []\n",
+            "false nil true Cannot serialise function: type not supported\n",
+            "false nil true Cannot serialise table: table key must be a number or string\n",
+            "false nil true Cannot serialise number: must not be NaN or Infinity\n",
+            "false nil true Cannot serialise number: must not be NaN or Infinity\n",
+            "false nil true Cannot serialise thread: type not supported\n",
+            "Cannot serialise, excessive nesting (1001)\n",
+            "2\n",
+        )
+    );
+}
+
+#[tokio::test]
 async fn codecs_and_hashes() {
     let n = node(
         r#"

@@ -1,8 +1,12 @@
 //! The `cjson` and `cjson.safe` modules: JSON encoding of Lua values in the
 //! way lua-cjson writes them (integers without a decimal point, escaped `/`,
 //! empty tables as `{}`, sparse-array rules), decoding through `serde_json`.
+//! `encode` is a C function over the raw Lua API, as lua-cjson's is: a
+//! request's JSON answer costs no registry reference per value.
 
-use mlua::{LightUserData, Lua, LuaSerdeExt, LuaString, Table, Value};
+use std::os::raw::{c_char, c_int};
+
+use mlua::{LightUserData, Lua, LuaSerdeExt, LuaString, Table, Value, ffi};
 
 use super::codec::fmt_number;
 
@@ -35,108 +39,265 @@ fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// If a table with these entries is an array by lua-cjson's rules, its
-/// length.
-fn array_len(pairs: &[(Value, Value)]) -> Option<usize> {
-    let mut max = 0usize;
-    let mut count = 0usize;
-    for (k, _) in pairs {
-        let idx = match k {
-            Value::Integer(i) if *i >= 1 => usize::try_from(*i).unwrap_or(usize::MAX),
-            _ => return None,
-        };
-        max = max.max(idx);
-        count += 1;
-    }
-    // Excessively sparse arrays are refused by cjson; we encode them as
-    // objects instead of failing (ratio 2, safe below 10).
-    if max > 10 && max > count * 2 {
-        return None;
-    }
-    Some(max)
+/// Why a value cannot be encoded; the message is lua-cjson's.
+#[derive(Debug)]
+enum EncodeError {
+    Depth(usize),
+    BadNumber,
+    BadKey,
+    Type(&'static str),
+    Stack,
 }
 
-fn encode_into(lua: &Lua, out: &mut Vec<u8>, v: &Value, depth: usize) -> mlua::Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(mlua::Error::runtime(format!(
-            "Cannot serialise, excessive nesting ({depth})"
-        )));
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncodeError::Depth(d) => write!(f, "Cannot serialise, excessive nesting ({d})"),
+            EncodeError::BadNumber => {
+                f.write_str("Cannot serialise number: must not be NaN or Infinity")
+            }
+            EncodeError::BadKey => {
+                f.write_str("Cannot serialise table: table key must be a number or string")
+            }
+            EncodeError::Type(t) => write!(f, "Cannot serialise {t}: type not supported"),
+            EncodeError::Stack => f.write_str("Cannot serialise, Lua stack exhausted"),
+        }
     }
-    match v {
-        Value::Nil => out.extend_from_slice(b"null"),
-        Value::LightUserData(p) if p.0.is_null() => out.extend_from_slice(b"null"),
-        Value::LightUserData(_) if *v == empty_array() => out.extend_from_slice(b"[]"),
-        Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Integer(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-        Value::Number(n) => {
-            if !n.is_finite() {
-                return Err(mlua::Error::runtime(
-                    "Cannot serialise number: must not be NaN or Infinity",
-                ));
-            }
-            out.extend_from_slice(fmt_number(*n).as_bytes());
-        }
-        Value::String(s) => escape_into(out, &s.as_bytes()),
-        Value::Table(t) => {
-            let is_array_mt = t.metatable().is_some_and(|mt| mt == lua.array_metatable());
-            // One traversal: the entries decide array or object, and an
-            // object is written from them.
-            let mut pairs = Vec::new();
-            let len = if is_array_mt {
-                Some(t.raw_len())
+}
+
+/// The registry field holding mlua's array metatable, so the raw encoder
+/// can recognise arrays marked with `cjson.array_mt`.
+const ARRAY_MT_KEY: &std::ffi::CStr = c"nginx_compat.cjson.array_mt";
+
+/// A Lua number as an integer, when it is one exactly (mlua's rule, so
+/// `-0.0` stays a float).
+fn as_integer(n: f64) -> Option<i64> {
+    let i = n as i64;
+    (n >= i64::MIN as f64 && n < -(i64::MIN as f64) && (i as f64).to_bits() == n.to_bits())
+        .then_some(i)
+}
+
+fn number_into(out: &mut Vec<u8>, n: f64) -> Result<(), EncodeError> {
+    if let Some(i) = as_integer(n) {
+        out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+    } else if n.is_finite() {
+        out.extend_from_slice(fmt_number(n).as_bytes());
+    } else {
+        return Err(EncodeError::BadNumber);
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `idx` is a valid absolute index on `l`'s stack.
+unsafe fn lua_bytes<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
+    let mut len = 0usize;
+    // SAFETY: the value at idx is a string (checked by the caller); Lua keeps
+    // it alive while it is on the stack, which outlives the returned slice's
+    // use.
+    unsafe {
+        let p = ffi::lua_tolstring(l, idx, &mut len);
+        std::slice::from_raw_parts(p as *const u8, len)
+    }
+}
+
+/// Writes the value at absolute stack index `idx` as JSON. Walks tables
+/// with the raw C API (no references into the registry per value), in
+/// `next` order, leaving the stack as it found it.
+///
+/// # Safety
+/// `l` is a live Lua state and `idx` a valid absolute index on it. Calls
+/// nothing that can raise a Lua error except on allocation failure.
+unsafe fn encode_raw(
+    l: *mut ffi::lua_State,
+    idx: c_int,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), EncodeError> {
+    if depth > MAX_DEPTH {
+        return Err(EncodeError::Depth(depth));
+    }
+    // SAFETY: every call below works on the live state `l`, at `idx` or at
+    // slots this function pushed (space checked first) and pops again.
+    unsafe {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TNIL => out.extend_from_slice(b"null"),
+            ffi::LUA_TBOOLEAN => out.extend_from_slice(if ffi::lua_toboolean(l, idx) != 0 {
+                b"true"
             } else {
-                pairs = t
-                    .pairs::<Value, Value>()
-                    .collect::<mlua::Result<Vec<_>>>()?;
-                match array_len(&pairs) {
-                    Some(0) => None,
-                    other => other,
-                }
-            };
-            match len {
-                Some(len) => {
-                    out.push(b'[');
-                    for i in 1..=len {
-                        if i > 1 {
-                            out.push(b',');
-                        }
-                        encode_into(lua, out, &t.raw_get::<Value>(i)?, depth + 1)?;
-                    }
-                    out.push(b']');
-                }
-                None => {
-                    out.push(b'{');
-                    let mut first = true;
-                    for (k, val) in pairs {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        match &k {
-                            Value::String(s) => escape_into(out, &s.as_bytes()),
-                            Value::Integer(i) => escape_into(out, i.to_string().as_bytes()),
-                            Value::Number(n) => escape_into(out, fmt_number(*n).as_bytes()),
-                            _ => {
-                                return Err(mlua::Error::runtime(
-                                    "Cannot serialise table: table key must be a number or string",
-                                ));
-                            }
-                        }
-                        out.push(b':');
-                        encode_into(lua, out, &val, depth + 1)?;
-                    }
-                    out.push(b'}');
+                b"false"
+            }),
+            ffi::LUA_TNUMBER => number_into(out, ffi::lua_tonumber(l, idx))?,
+            ffi::LUA_TSTRING => escape_into(out, lua_bytes(l, idx)),
+            ffi::LUA_TLIGHTUSERDATA => {
+                let p = ffi::lua_touserdata(l, idx);
+                if p.is_null() {
+                    out.extend_from_slice(b"null");
+                } else if std::ptr::eq(p as *const u8, std::ptr::addr_of!(EMPTY_ARRAY)) {
+                    out.extend_from_slice(b"[]");
+                } else {
+                    return Err(EncodeError::Type("userdata"));
                 }
             }
-        }
-        other => {
-            return Err(mlua::Error::runtime(format!(
-                "Cannot serialise {}: type not supported",
-                other.type_name()
-            )));
+            ffi::LUA_TTABLE => {
+                if ffi::lua_checkstack(l, 4) == 0 {
+                    return Err(EncodeError::Stack);
+                }
+                let mut is_array_mt = false;
+                if ffi::lua_getmetatable(l, idx) != 0 {
+                    ffi::lua_getfield(l, ffi::LUA_REGISTRYINDEX, ARRAY_MT_KEY.as_ptr());
+                    is_array_mt = ffi::lua_rawequal(l, -1, -2) != 0;
+                    ffi::lua_settop(l, -3);
+                }
+                let len = if is_array_mt {
+                    Some(ffi::lua_objlen(l, idx))
+                } else {
+                    // First pass: lua-cjson's array rule over the keys.
+                    let (mut max, mut count, mut array) = (0usize, 0usize, true);
+                    ffi::lua_pushnil(l);
+                    while ffi::lua_next(l, idx) != 0 {
+                        ffi::lua_settop(l, -2);
+                        let k = (ffi::lua_type(l, -1) == ffi::LUA_TNUMBER)
+                            .then(|| as_integer(ffi::lua_tonumber(l, -1)))
+                            .flatten()
+                            .filter(|i| *i >= 1);
+                        match k {
+                            Some(i) if array => {
+                                max = max.max(usize::try_from(i).unwrap_or(usize::MAX));
+                                count += 1;
+                            }
+                            _ => array = false,
+                        }
+                    }
+                    // Excessively sparse arrays are refused by cjson; they
+                    // are encoded as objects instead (ratio 2, safe below 10).
+                    (array && max > 0 && !(max > 10 && max > count * 2)).then_some(max)
+                };
+                match len {
+                    Some(len) => {
+                        out.push(b'[');
+                        for i in 1..=len {
+                            if i > 1 {
+                                out.push(b',');
+                            }
+                            ffi::lua_rawgeti(l, idx, i as ffi::lua_Integer);
+                            let r = encode_raw(l, ffi::lua_gettop(l), out, depth + 1);
+                            ffi::lua_settop(l, -2);
+                            r?;
+                        }
+                        out.push(b']');
+                    }
+                    None => {
+                        out.push(b'{');
+                        let mut first = true;
+                        ffi::lua_pushnil(l);
+                        while ffi::lua_next(l, idx) != 0 {
+                            let top = ffi::lua_gettop(l);
+                            let r = (|| {
+                                if !first {
+                                    out.push(b',');
+                                }
+                                first = false;
+                                match ffi::lua_type(l, top - 1) {
+                                    ffi::LUA_TSTRING => escape_into(out, lua_bytes(l, top - 1)),
+                                    ffi::LUA_TNUMBER => {
+                                        // Never lua_tolstring a key: it
+                                        // would turn it into a string and
+                                        // break `next`.
+                                        let mut key = Vec::new();
+                                        number_into(&mut key, ffi::lua_tonumber(l, top - 1))?;
+                                        escape_into(out, &key);
+                                    }
+                                    _ => return Err(EncodeError::BadKey),
+                                }
+                                out.push(b':');
+                                encode_raw(l, top, out, depth + 1)
+                            })();
+                            if r.is_err() {
+                                ffi::lua_settop(l, -3);
+                                return r;
+                            }
+                            ffi::lua_settop(l, -2);
+                        }
+                        out.push(b'}');
+                    }
+                }
+            }
+            ffi::LUA_TFUNCTION => return Err(EncodeError::Type("function")),
+            ffi::LUA_TTHREAD => return Err(EncodeError::Type("thread")),
+            _ => return Err(EncodeError::Type("userdata")),
         }
     }
     Ok(())
+}
+
+thread_local! {
+    /// The encoder's output buffer, kept between calls.
+    static ENCODE_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Encodes argument 1; on success pushes the JSON string and returns
+/// `Ok(())`, else returns the message (nothing pushed).
+///
+/// # Safety
+/// Called from a C function of `l` with at least one stack slot free.
+unsafe fn encode_arg(l: *mut ffi::lua_State) -> Result<(), String> {
+    // SAFETY: see the callers; the buffer is taken out of the thread-local
+    // while Lua runs, so even an allocation error raised by
+    // lua_pushlstring (which unwinds past this frame) leaves no borrow.
+    unsafe {
+        if ffi::lua_gettop(l) < 1 {
+            ffi::lua_pushnil(l);
+        }
+        let mut out = ENCODE_BUF.take();
+        out.clear();
+        let r = encode_raw(l, 1, &mut out, 0);
+        let r = match r {
+            Ok(()) => {
+                ffi::lua_pushlstring(l, out.as_ptr() as *const c_char, out.len());
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if out.capacity() <= 64 * 1024 {
+            ENCODE_BUF.set(out);
+        }
+        r
+    }
+}
+
+/// `cjson.encode(value)`: raises lua-cjson's error on a value it cannot
+/// encode.
+unsafe extern "C-unwind" fn encode_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        match encode_arg(l) {
+            Ok(()) => 1,
+            Err(msg) => {
+                ffi::lua_pushlstring(l, msg.as_ptr() as *const c_char, msg.len());
+                drop(msg);
+                ffi::lua_error(l)
+            }
+        }
+    }
+}
+
+/// `cjson.safe.encode(value)`: `nil, message` instead of an error.
+unsafe extern "C-unwind" fn encode_safe_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        match encode_arg(l) {
+            Ok(()) => {
+                ffi::lua_pushnil(l);
+                2
+            }
+            Err(msg) => {
+                ffi::lua_pushnil(l);
+                ffi::lua_pushlstring(l, msg.as_ptr() as *const c_char, msg.len());
+                2
+            }
+        }
+    }
 }
 
 fn to_lua(lua: &Lua, v: serde_json::Value) -> mlua::Result<Value> {
@@ -162,12 +323,6 @@ fn to_lua(lua: &Lua, v: serde_json::Value) -> mlua::Result<Value> {
     })
 }
 
-fn encode(lua: &Lua, v: &Value) -> mlua::Result<LuaString> {
-    let mut out = Vec::new();
-    encode_into(lua, &mut out, v, 0)?;
-    lua.create_string(out)
-}
-
 fn decode(lua: &Lua, s: &LuaString) -> mlua::Result<Value> {
     let json: serde_json::Value = serde_json::from_slice(&s.as_bytes()).map_err(|e| {
         mlua::Error::runtime(format!("Expected value but found invalid token: {e}"))
@@ -178,13 +333,8 @@ fn decode(lua: &Lua, s: &LuaString) -> mlua::Result<Value> {
 fn module(lua: &Lua, safe: bool) -> mlua::Result<Table> {
     let m = lua.create_table()?;
     if safe {
-        m.raw_set(
-            "encode",
-            lua.create_function(|lua, v: Value| match encode(lua, &v) {
-                Ok(s) => Ok((Value::String(s), Value::Nil)),
-                Err(e) => Ok((Value::Nil, Value::String(lua.create_string(e.to_string())?))),
-            })?,
-        )?;
+        // SAFETY: a C function that follows the Lua C API's rules.
+        m.raw_set("encode", unsafe { lua.create_c_function(encode_safe_c)? })?;
         m.raw_set(
             "decode",
             lua.create_function(|lua, s: LuaString| match decode(lua, &s) {
@@ -193,10 +343,8 @@ fn module(lua: &Lua, safe: bool) -> mlua::Result<Table> {
             })?,
         )?;
     } else {
-        m.raw_set(
-            "encode",
-            lua.create_function(|lua, v: Value| encode(lua, &v))?,
-        )?;
+        // SAFETY: a C function that follows the Lua C API's rules.
+        m.raw_set("encode", unsafe { lua.create_c_function(encode_c)? })?;
         m.raw_set(
             "decode",
             lua.create_function(|lua, s: LuaString| decode(lua, &s))?,
@@ -229,6 +377,10 @@ fn module(lua: &Lua, safe: bool) -> mlua::Result<Table> {
 }
 
 pub(super) fn install(lua: &Lua, loaded: &Table) -> mlua::Result<()> {
+    lua.set_named_registry_value(
+        ARRAY_MT_KEY.to_str().expect("ASCII key"),
+        lua.array_metatable(),
+    )?;
     let cjson = module(lua, false)?;
     let safe = module(lua, true)?;
     let new_plain = cjson.clone();
