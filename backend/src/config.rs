@@ -424,10 +424,7 @@ impl Config {
                 .retry_delays_ms
                 .iter()
                 .copied()
-                .chain([
-                    (self.payment_timeout_ms() + self.lifecycle.expiry_grace_ms as i64).max(0)
-                        as u64,
-                ])
+                .chain([self.expiry_delay_ms()])
                 .max()
                 .unwrap_or(0);
             if expires <= longest_delay || expires > i32::MAX as u64 {
@@ -536,6 +533,12 @@ impl Config {
         (self.sale.payment_timeout_secs as i64).saturating_mul(1000)
     }
 
+    /// How long an order's expiry message waits in its delay queue: the
+    /// payment timeout plus `lifecycle.expiry_grace_ms` (at least 1 ms).
+    pub fn expiry_delay_ms(&self) -> u64 {
+        (self.payment_timeout_ms() + self.lifecycle.expiry_grace_ms as i64).max(1) as u64
+    }
+
     /// Orders whose `pay_by` is at or before this are overdue at `now_ms`
     /// (`lifecycle.expiry_grace_ms` earlier: clocks of nodes may disagree).
     pub fn overdue_before(&self, now_ms: i64) -> i64 {
@@ -607,7 +610,7 @@ mod tests {
     fn queues_may_not_expire_while_they_hold_a_delayed_message() {
         let mut c = Config::default();
         c.auth.allow_dev_secret = true;
-        let payment_wait = (c.payment_timeout_ms() + c.lifecycle.expiry_grace_ms as i64) as u64;
+        let payment_wait = c.expiry_delay_ms();
         c.rabbitmq.queue_expires_ms = Some(payment_wait);
         assert!(matches!(
             c.validate(),

@@ -43,7 +43,7 @@ impl Topology {
         Self::new(
             &cfg.rabbitmq,
             cfg.writer.retry_delays_ms.clone(),
-            (cfg.payment_timeout_ms() + cfg.lifecycle.expiry_grace_ms as i64).max(1) as u64,
+            cfg.expiry_delay_ms(),
         )
     }
 
