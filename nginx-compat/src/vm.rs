@@ -10,14 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use futures_core::Stream;
 use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib};
 
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::lua_api::{self, Slot};
+use crate::lua_api::{self, raw::Current};
 use crate::request::{AccessOutcome, Phase, ReqState, Request, RequestCtx};
 use crate::shdict::SharedDicts;
 
@@ -331,7 +330,7 @@ impl LuaVm {
     async fn run_chunk(
         &self,
         func: &Function,
-        state: Box<ReqState>,
+        mut state: Box<ReqState>,
     ) -> (Box<ReqState>, mlua::Result<()>) {
         let thread = match self.lua.create_thread(func.clone()) {
             Ok(t) => t,
@@ -341,35 +340,19 @@ impl LuaVm {
             Ok(s) => s,
             Err(e) => return (state, Err(e)),
         };
-        let mut holder = Some(state);
         let result = std::future::poll_fn(|cx| {
-            let Some(mut st) = holder.take() else {
-                return Poll::Ready(Some(Err(mlua::Error::runtime("request state lost"))));
-            };
             // Like nginx, time is cached per event-loop turn: refreshed when
             // the request resumes, constant while its Lua code runs.
-            st.now = self.clock.now().as_secs_f64();
-            // The slot belongs to this request for the whole resume: other
-            // threads sharing the VM wait, and a nested run on this thread
-            // (a host callback) gets the slot back as it found it.
+            state.now = self.clock.now().as_secs_f64();
+            // The request is current for the whole resume: other threads
+            // sharing the VM wait for their turn, and a nested run on this
+            // thread (a host callback) leaves it current again after.
             let _turn = self.turn.lock();
-            let outer = match self.lua.try_app_data_mut::<Slot>() {
-                Ok(Some(mut slot)) => slot.0.replace(st),
-                _ => {
-                    holder = Some(st);
-                    return Poll::Ready(Some(Err(mlua::Error::runtime("request slot busy"))));
-                }
-            };
-            let r = Pin::new(&mut stream).poll_next(cx);
-            holder = match self.lua.try_app_data_mut::<Slot>() {
-                Ok(Some(mut slot)) => std::mem::replace(&mut slot.0, outer),
-                _ => None,
-            };
-            r
+            let _current = Current::enter(&mut state);
+            Pin::new(&mut stream).poll_next(cx)
         })
         .await;
         drop(stream);
-        let state = holder.unwrap_or_else(|| Box::new(ReqState::new(Request::default(), 0.0)));
         let result = match result {
             Some(Err(e)) => Err(e),
             // Finished, or yielded by ngx.exit: either way the phase is over.

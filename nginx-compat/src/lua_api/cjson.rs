@@ -9,6 +9,7 @@ use std::os::raw::{c_char, c_int};
 use mlua::{LightUserData, Lua, LuaSerdeExt, LuaString, Table, Value, ffi};
 
 use super::codec::fmt_number;
+use super::raw::{as_integer, lua_bytes};
 
 /// Address used as the `cjson.empty_array` sentinel.
 static EMPTY_ARRAY: u8 = 0;
@@ -69,14 +70,6 @@ impl std::fmt::Display for EncodeError {
 /// can recognise arrays marked with `cjson.array_mt`.
 const ARRAY_MT_KEY: &std::ffi::CStr = c"nginx_compat.cjson.array_mt";
 
-/// A Lua number as an integer, when it is one exactly (mlua's rule, so
-/// `-0.0` stays a float).
-fn as_integer(n: f64) -> Option<i64> {
-    let i = n as i64;
-    (n >= i64::MIN as f64 && n < -(i64::MIN as f64) && (i as f64).to_bits() == n.to_bits())
-        .then_some(i)
-}
-
 fn number_into(out: &mut Vec<u8>, n: f64) -> Result<(), EncodeError> {
     if let Some(i) = as_integer(n) {
         out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
@@ -86,19 +79,6 @@ fn number_into(out: &mut Vec<u8>, n: f64) -> Result<(), EncodeError> {
         return Err(EncodeError::BadNumber);
     }
     Ok(())
-}
-
-/// # Safety
-/// `idx` is a valid absolute index on `l`'s stack.
-unsafe fn lua_bytes<'a>(l: *mut ffi::lua_State, idx: c_int) -> &'a [u8] {
-    let mut len = 0usize;
-    // SAFETY: the value at idx is a string (checked by the caller); Lua keeps
-    // it alive while it is on the stack, which outlives the returned slice's
-    // use.
-    unsafe {
-        let p = ffi::lua_tolstring(l, idx, &mut len);
-        std::slice::from_raw_parts(p as *const u8, len)
-    }
 }
 
 /// Writes the value at absolute stack index `idx` as JSON. Walks tables

@@ -3,28 +3,26 @@
 //!
 //! A VM may interleave many requests (one suspends in `ngx.sleep` while
 //! another runs), so per-request state cannot live in the Lua state. Instead
-//! the runner moves the request's [`ReqState`] into the [`Slot`] app-data
-//! around every resume of that request's coroutine and takes it back after;
-//! every per-request function reads the slot. Functions that make sense
+//! the runner makes the request's [`ReqState`] current for the thread around
+//! every resume of that request's coroutine (see [`raw`]); every
+//! per-request function reads it from there. Functions that make sense
 //! without a request (`ngx.now`, `ngx.log`, `ngx.shared`) work in `init` too.
 
 mod cjson;
 mod codec;
+pub(crate) mod raw;
 mod re;
 mod shared;
 mod var;
 
+use std::os::raw::c_int;
 use std::sync::Arc;
 
-use mlua::{Function, Lua, LuaString, MultiValue, Table, Value, Variadic};
+use mlua::{Function, Lua, LuaString, MultiValue, Table, Value, Variadic, ffi};
 
 use crate::clock::Clock;
-use crate::request::ReqState;
 use crate::shdict::SharedDicts;
-
-/// The request the VM is running right now, if any.
-#[derive(Default)]
-pub(crate) struct Slot(pub(crate) Option<Box<ReqState>>);
+use raw::{c_closure, call_fallback, current, lua_bytes, raise, string_arg, with_req};
 
 /// Node-wide things every function may need.
 pub(crate) struct Env {
@@ -46,31 +44,10 @@ pub const NGX_LUA_VERSION: i64 = 10025;
 /// The nginx version reported in `ngx.config.nginx_version`.
 pub const NGINX_VERSION: i64 = 1_021_004;
 
-/// Runs `f` on the current request's state, or fails with the error
-/// OpenResty gives for request APIs outside a request.
-pub(crate) fn with_req<R>(
-    lua: &Lua,
-    f: impl FnOnce(&mut ReqState) -> mlua::Result<R>,
-) -> mlua::Result<R> {
-    let mut slot = lua
-        .try_app_data_mut::<Slot>()
-        .map_err(|_| mlua::Error::runtime("request state is busy"))?
-        .ok_or_else(|| mlua::Error::runtime("no request slot"))?;
-    match slot.0.as_deref_mut() {
-        Some(st) => f(st),
-        None => Err(mlua::Error::runtime("API disabled in the current context")),
-    }
-}
-
 /// Current time in seconds: the request's cached time when there is a
 /// request, else the clock.
 fn cached_now(lua: &Lua) -> f64 {
-    if let Ok(Some(slot)) = lua.try_app_data_ref::<Slot>()
-        && let Some(st) = slot.0.as_deref()
-    {
-        return st.now;
-    }
-    clock_now(lua)
+    current(|st| st.now).unwrap_or_else(|| clock_now(lua))
 }
 
 pub(crate) fn clock_now(lua: &Lua) -> f64 {
@@ -147,7 +124,6 @@ const LOG_LEVELS: &[(&str, i64)] = &[
 
 /// Installs `ngx`, `cjson` and `cjson.safe` into `lua`.
 pub(crate) fn install(lua: &Lua, dicts: &SharedDicts, clock: Arc<dyn Clock>) -> mlua::Result<()> {
-    lua.set_app_data(Slot::default());
     lua.set_app_data(Env {
         clock,
         phase: "init",
@@ -196,11 +172,7 @@ fn install_time(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
         "update_time",
         lua.create_function(|lua, ()| {
             let now = clock_now(lua);
-            if let Ok(Some(mut slot)) = lua.try_app_data_mut::<Slot>()
-                && let Some(st) = slot.0.as_deref_mut()
-            {
-                st.now = now;
-            }
+            current(|st| st.now = now);
             Ok(())
         })?,
     )?;
@@ -283,9 +255,115 @@ fn write_values(out: &mut Vec<u8>, v: &Value, depth: usize) -> mlua::Result<()> 
     Ok(())
 }
 
+/// Appends a value `ngx.print` takes without walking a table; `false` for
+/// one it must leave to the general version.
+///
+/// # Safety
+/// `idx` is a valid index on `l`'s stack.
+unsafe fn print_simple(l: *mut ffi::lua_State, idx: c_int, out: Option<&mut Vec<u8>>) -> bool {
+    // SAFETY: see above.
+    unsafe {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TSTRING => {
+                if let Some(out) = out {
+                    out.extend_from_slice(lua_bytes(l, idx));
+                }
+            }
+            ffi::LUA_TNUMBER => {
+                if let Some(out) = out {
+                    let n = ffi::lua_tonumber(l, idx);
+                    match raw::as_integer(n) {
+                        Some(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+                        None => out.extend_from_slice(codec::fmt_number(n).as_bytes()),
+                    }
+                }
+            }
+            ffi::LUA_TBOOLEAN => {
+                if let Some(out) = out {
+                    let b = ffi::lua_toboolean(l, idx) != 0;
+                    out.extend_from_slice(if b { b"true" } else { b"false" });
+                }
+            }
+            ffi::LUA_TNIL => {
+                if let Some(out) = out {
+                    out.extend_from_slice(b"nil");
+                }
+            }
+            ffi::LUA_TLIGHTUSERDATA if ffi::lua_touserdata(l, idx).is_null() => {
+                if let Some(out) = out {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// `ngx.print` / `ngx.say` for arguments that are not tables; anything
+/// else goes to the general version in upvalue 1.
+///
+/// # Safety
+/// Called by Lua as a C closure with that upvalue.
+unsafe fn output_c(l: *mut ffi::lua_State, newline: bool) -> c_int {
+    // SAFETY: see above.
+    unsafe {
+        let n = ffi::lua_gettop(l);
+        if !(1..=n).all(|i| print_simple(l, i, None)) {
+            return call_fallback(l);
+        }
+        let done = current(|st| {
+            st.body_started = true;
+            for i in 1..=n {
+                print_simple(l, i, Some(&mut st.body));
+            }
+            if newline {
+                st.body.push(b'\n');
+            }
+        });
+        if done.is_none() {
+            raise(l, raw::NO_REQUEST);
+        }
+        ffi::lua_pushinteger(l, 1);
+        1
+    }
+}
+
+unsafe extern "C-unwind" fn print_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: installed as a C closure over the general version.
+    unsafe { output_c(l, false) }
+}
+
+unsafe extern "C-unwind" fn say_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: installed as a C closure over the general version.
+    unsafe { output_c(l, true) }
+}
+
+/// Records `ngx.exit`'s status (the Lua wrapper then yields).
+unsafe extern "C-unwind" fn set_exit_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        let status = match ffi::lua_type(l, 1) {
+            ffi::LUA_TNUMBER => ffi::lua_tonumber(l, 1) as i64,
+            ffi::LUA_TSTRING => match std::str::from_utf8(lua_bytes(l, 1))
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+            {
+                Some(s) => s,
+                None => raise(l, "bad argument #1 to 'exit' (number expected)"),
+            },
+            _ => raise(l, "bad argument #1 to 'exit' (number expected)"),
+        };
+        if current(|st| st.exit = Some(status)).is_none() {
+            raise(l, raw::NO_REQUEST);
+        }
+        0
+    }
+}
+
 fn install_output(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     let output = |newline: bool| {
-        move |lua: &Lua, args: Variadic<Value>| {
+        move |_lua: &Lua, args: Variadic<Value>| {
             let mut buf = Vec::new();
             for a in args.iter() {
                 write_values(&mut buf, a, 0)?;
@@ -293,20 +371,26 @@ fn install_output(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
             if newline {
                 buf.push(b'\n');
             }
-            with_req(lua, |st| {
+            with_req(|st| {
                 st.body_started = true;
                 st.body.extend_from_slice(&buf);
                 Ok(1)
             })
         }
     };
-    ngx.raw_set("say", lua.create_function(output(true))?)?;
-    ngx.raw_set("print", lua.create_function(output(false))?)?;
+    ngx.raw_set(
+        "say",
+        c_closure(lua, say_c, lua.create_function(output(true))?)?,
+    )?;
+    ngx.raw_set(
+        "print",
+        c_closure(lua, print_c, lua.create_function(output(false))?)?,
+    )?;
     ngx.raw_set("flush", lua.create_function(|_, _: MultiValue| Ok(1))?)?;
     ngx.raw_set(
         "eof",
-        lua.create_function(|lua, ()| {
-            with_req(lua, |st| {
+        lua.create_function(|_lua, ()| {
+            with_req(|st| {
                 st.body_started = true;
                 Ok(1)
             })
@@ -316,20 +400,16 @@ fn install_output(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     // ngx.exit records the status, then yields out of the request's
     // coroutine so that nothing after it runs (a pcall does not catch it,
     // as in OpenResty); the runner sees the yield and ends the phase.
-    let set_exit = lua.create_function(|lua, status: i64| {
-        with_req(lua, |st| {
-            st.exit = Some(status);
-            Ok(())
-        })
-    })?;
-    let set_redirect = lua.create_function(|lua, (uri, status): (String, Option<i64>)| {
+    // SAFETY: set_exit_c is a C function that follows Lua's protocol.
+    let set_exit = unsafe { lua.create_c_function(set_exit_c)? };
+    let set_redirect = lua.create_function(|_lua, (uri, status): (String, Option<i64>)| {
         let status = status.unwrap_or(302);
         if ![301, 302, 303, 307, 308].contains(&status) {
             return Err(mlua::Error::runtime(format!(
                 "only ngx.HTTP_MOVED_TEMPORARILY, ngx.HTTP_MOVED_PERMANENTLY, ngx.HTTP_PERMANENT_REDIRECT, ngx.HTTP_SEE_OTHER, and ngx.HTTP_TEMPORARY_REDIRECT are allowed (got {status})"
             )));
         }
-        with_req(lua, |st| {
+        with_req(|st| {
             st.resp_headers
                 .retain(|(n, _)| !n.eq_ignore_ascii_case("location"));
             st.resp_headers.push(("Location".into(), uri));
@@ -445,12 +525,8 @@ fn install_misc(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     ngx.raw_set(
         "get_phase",
         lua.create_function(|lua, ()| {
-            if let Ok(Some(slot)) = lua.try_app_data_ref::<Slot>()
-                && let Some(st) = slot.0.as_deref()
-            {
-                return Ok(st.phase.name());
-            }
-            Ok(lua.app_data_ref::<Env>().map_or("init", |env| env.phase))
+            Ok(current(|st| st.phase.name())
+                .unwrap_or_else(|| lua.app_data_ref::<Env>().map_or("init", |env| env.phase)))
         })?,
     )?;
 
@@ -478,18 +554,20 @@ fn install_misc(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
 
 /// `ngx.ctx` and `ngx.status` are not plain fields: they are read and written
 /// through `ngx`'s metatable, per request.
+///
+/// `ngx.status` is read and written by C closures (every rejection sets
+/// it); `ngx.ctx` and other keys go to the mlua functions they close over.
 fn install_ngx_meta(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     let meta = lua.create_table()?;
-    meta.raw_set(
-        "__index",
+    let index =
         lua.create_function(|lua, (_, key): (Table, LuaString)| match &*key.as_bytes() {
             b"ctx" => {
-                let existing = with_req(lua, |st| Ok(st.ctx.clone()))?;
+                let existing = with_req(|st| Ok(st.ctx.clone()))?;
                 match existing {
                     Some(t) => Ok(Value::Table(t)),
                     None => {
                         let t = lua.create_table()?;
-                        with_req(lua, |st| {
+                        with_req(|st| {
                             st.ctx = Some(t.clone());
                             Ok(())
                         })?;
@@ -497,43 +575,77 @@ fn install_ngx_meta(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
                     }
                 }
             }
-            b"status" => with_req(lua, |st| {
-                Ok(Value::Integer(i64::from(st.status.unwrap_or(0))))
-            }),
             _ => Ok(Value::Nil),
-        })?,
-    )?;
-    meta.raw_set(
-        "__newindex",
-        lua.create_function(|lua, (ngx, key, value): (Table, LuaString, Value)| {
-            match &*key.as_bytes() {
-                b"ctx" => match value {
-                    Value::Table(t) => with_req(lua, |st| {
-                        st.ctx = Some(t);
-                        Ok(())
-                    }),
-                    _ => Err(mlua::Error::runtime("ctx should be a table")),
-                },
-                b"status" => {
-                    let status = match value {
-                        Value::Integer(i) => i,
-                        Value::Number(n) => n as i64,
-                        Value::String(s) => s.to_str()?.trim().parse().unwrap_or(-1),
-                        _ => -1,
-                    };
-                    let status = u16::try_from(status)
-                        .ok()
-                        .filter(|s| (100..=999).contains(s))
-                        .ok_or_else(|| mlua::Error::runtime("invalid HTTP status code"))?;
-                    with_req(lua, |st| {
-                        st.status = Some(status);
-                        Ok(())
-                    })
-                }
-                _ => ngx.raw_set(key, value),
-            }
-        })?,
-    )?;
+        })?;
+    meta.raw_set("__index", c_closure(lua, ngx_index_c, index)?)?;
+    let newindex = lua.create_function(|_lua, (ngx, key, value): (Table, LuaString, Value)| {
+        match &*key.as_bytes() {
+            b"ctx" => match value {
+                Value::Table(t) => with_req(|st| {
+                    st.ctx = Some(t);
+                    Ok(())
+                }),
+                _ => Err(mlua::Error::runtime("ctx should be a table")),
+            },
+            _ => ngx.raw_set(key, value),
+        }
+    })?;
+    meta.raw_set("__newindex", c_closure(lua, ngx_newindex_c, newindex)?)?;
     ngx.set_metatable(Some(meta))?;
     Ok(())
+}
+
+/// `ngx.status` as nginx reads a status a script assigns: a number, or a
+/// string holding one; `-1` for anything else.
+///
+/// # Safety
+/// `idx` is a valid index on `l`'s stack.
+unsafe fn status_value(l: *mut ffi::lua_State, idx: c_int) -> i64 {
+    // SAFETY: see above.
+    unsafe {
+        match ffi::lua_type(l, idx) {
+            ffi::LUA_TNUMBER => ffi::lua_tonumber(l, idx) as i64,
+            ffi::LUA_TSTRING => std::str::from_utf8(lua_bytes(l, idx))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(-1),
+            _ => -1,
+        }
+    }
+}
+
+/// `ngx`'s `__index(t, key)`: `status` here, the rest by upvalue 1.
+unsafe extern "C-unwind" fn ngx_index_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: installed as a C closure over the general `__index`.
+    unsafe {
+        if string_arg(l, 2) != Some(b"status") {
+            return call_fallback(l);
+        }
+        match current(|st| st.status.unwrap_or(0)) {
+            Some(status) => ffi::lua_pushinteger(l, ffi::lua_Integer::from(status)),
+            None => raise(l, raw::NO_REQUEST),
+        }
+        1
+    }
+}
+
+/// `ngx`'s `__newindex(t, key, value)`: `status` here, the rest by
+/// upvalue 1.
+unsafe extern "C-unwind" fn ngx_newindex_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: installed as a C closure over the general `__newindex`.
+    unsafe {
+        if string_arg(l, 2) != Some(b"status") {
+            return call_fallback(l);
+        }
+        let Some(status) = u16::try_from(status_value(l, 3))
+            .ok()
+            .filter(|s| (100..=999).contains(s))
+        else {
+            raise(l, "invalid HTTP status code");
+        };
+        if current(|st| st.status = Some(status)).is_none() {
+            raise(l, raw::NO_REQUEST);
+        }
+        0
+    }
 }

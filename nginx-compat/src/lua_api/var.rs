@@ -4,10 +4,14 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::os::raw::c_int;
 
-use mlua::{Lua, LuaString, Table, Value};
+use mlua::{Lua, LuaString, Table, Value, ffi};
 
-use super::{codec, with_req};
+use super::codec;
+use super::raw::{
+    NO_REQUEST, c_closure, call_fallback, current, lua_bytes, push_bytes, raise, with_req,
+};
 use crate::request::{ReqState, header_name_eq};
 
 fn var_value<'a>(st: &'a ReqState, name: &[u8]) -> Option<Cow<'a, [u8]>> {
@@ -138,29 +142,11 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     // ngx.var
     let var = lua.create_table()?;
     let var_meta = lua.create_table()?;
-    var_meta.raw_set(
-        "__index",
-        lua.create_function(|lua, (_, name): (Table, LuaString)| {
-            // The Lua string is made while the request is borrowed, saving a
-            // copy; a re-entrant call from a finalizer would get an error.
-            with_req(lua, |st| match var_value(st, &name.as_bytes()) {
-                Some(bytes) => Ok(Value::String(lua.create_string(bytes)?)),
-                None => Ok(Value::Nil),
-            })
-        })?,
-    )?;
-    var_meta.raw_set(
-        "__newindex",
-        lua.create_function(|lua, (_, name, value): (Table, String, Option<String>)| {
-            with_req(lua, |st| {
-                match value {
-                    Some(v) => st.req.vars.insert(name, v),
-                    None => st.req.vars.remove(&name),
-                };
-                Ok(())
-            })
-        })?,
-    )?;
+    // SAFETY (both): C functions that follow Lua's protocol.
+    var_meta.raw_set("__index", unsafe { lua.create_c_function(var_index_c)? })?;
+    var_meta.raw_set("__newindex", unsafe {
+        lua.create_c_function(var_newindex_c)?
+    })?;
     var.set_metatable(Some(var_meta))?;
     ngx.raw_set("var", var)?;
 
@@ -168,47 +154,30 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     let req = lua.create_table()?;
     req.raw_set(
         "get_method",
-        lua.create_function(|lua, ()| with_req(lua, |st| Ok(st.req.method.clone())))?,
+        lua.create_function(|_lua, ()| with_req(|st| Ok(st.req.method.clone())))?,
     )?;
     req.raw_set("http_version", lua.create_function(|_, ()| Ok(1.1))?)?;
     req.raw_set(
         "start_time",
-        lua.create_function(|lua, ()| with_req(lua, |st| Ok(st.start)))?,
+        lua.create_function(|_lua, ()| with_req(|st| Ok(st.start)))?,
     )?;
     // The host reads the body (up to its limit) before the access phase, so
     // read_body never waits; as in OpenResty, get_body_data and
     // get_post_args see the body only after read_body.
-    req.raw_set(
-        "read_body",
-        lua.create_function(|lua, ()| {
-            with_req(lua, |st| {
-                st.body_read = st.req.body.is_some();
-                Ok(())
-            })
-        })?,
-    )?;
+    req.raw_set("read_body", unsafe { lua.create_c_function(read_body_c)? })?;
     req.raw_set(
         "discard_body",
-        lua.create_function(|lua, ()| {
-            with_req(lua, |st| {
+        lua.create_function(|_, ()| {
+            with_req(|st| {
                 st.body_read = false;
                 st.req.body = None;
                 Ok(())
             })
         })?,
     )?;
-    req.raw_set(
-        "get_body_data",
-        lua.create_function(|lua, max: Option<usize>| {
-            with_req(lua, |st| match &st.req.body {
-                Some(b) if st.body_read && !b.is_empty() => {
-                    let n = max.filter(|&m| m > 0).map_or(b.len(), |m| m.min(b.len()));
-                    Ok(Value::String(lua.create_string(&b[..n])?))
-                }
-                _ => Ok(Value::Nil),
-            })
-        })?,
-    )?;
+    req.raw_set("get_body_data", unsafe {
+        lua.create_c_function(get_body_data_c)?
+    })?;
     req.raw_set(
         "get_body_file",
         lua.create_function(|_, ()| Ok(Value::Nil))?,
@@ -216,14 +185,14 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     req.raw_set(
         "get_uri_args",
         lua.create_function(|lua, max: Option<usize>| {
-            let args = with_req(lua, |st| Ok(st.req.args.clone()))?;
+            let args = with_req(|st| Ok(st.req.args.clone()))?;
             args_table(lua, &args, max.unwrap_or(100))
         })?,
     )?;
     req.raw_set(
         "get_post_args",
         lua.create_function(|lua, max: Option<usize>| {
-            let body = with_req(lua, |st| Ok(st.req.body.clone().filter(|_| st.body_read)))?;
+            let body = with_req(|st| Ok(st.req.body.clone().filter(|_| st.body_read)))?;
             let Some(body) = body else {
                 return Ok((Value::Nil, Some("no request body found")));
             };
@@ -248,7 +217,7 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     req.raw_set(
         "get_headers",
         lua.create_function(move |lua, (max, raw): (Option<usize>, Option<bool>)| {
-            let headers = with_req(lua, |st| Ok(st.req.headers.clone()))?;
+            let headers = with_req(|st| Ok(st.req.headers.clone()))?;
             let max = max.unwrap_or(100);
             let t = lua.create_table()?;
             for (n, (name, value)) in headers.iter().enumerate() {
@@ -270,9 +239,9 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     )?;
     req.raw_set(
         "set_header",
-        lua.create_function(|lua, (name, value): (String, Value)| {
+        lua.create_function(|_lua, (name, value): (String, Value)| {
             let values = header_values(value)?;
-            with_req(lua, |st| {
+            with_req(|st| {
                 set_req_header(st, &name, values);
                 Ok(())
             })
@@ -280,8 +249,8 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
     )?;
     req.raw_set(
         "clear_header",
-        lua.create_function(|lua, name: String| {
-            with_req(lua, |st| {
+        lua.create_function(|_lua, name: String| {
+            with_req(|st| {
                 set_req_header(st, &name, None);
                 Ok(())
             })
@@ -296,7 +265,7 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
         "__index",
         lua.create_function(|lua, (_, name): (Table, String)| {
             let name = normalize_header(&name);
-            let values: Vec<String> = with_req(lua, |st| {
+            let values: Vec<String> = with_req(|st| {
                 Ok(st
                     .resp_headers
                     .iter()
@@ -311,20 +280,18 @@ pub(super) fn install(lua: &Lua, ngx: &Table) -> mlua::Result<()> {
             }
         })?,
     )?;
-    header_meta.raw_set(
-        "__newindex",
-        lua.create_function(|lua, (_, name, value): (Table, String, Value)| {
-            let name = normalize_header(&name);
-            let values = header_values(value)?;
-            with_req(lua, |st| {
-                st.resp_headers.retain(|(n, _)| !header_name_eq(n, &name));
-                for v in values.into_iter().flatten() {
-                    st.resp_headers.push((name.clone(), v));
-                }
-                Ok(())
-            })
-        })?,
-    )?;
+    let newindex = lua.create_function(|_, (_, name, value): (Table, String, Value)| {
+        let name = normalize_header(&name);
+        let values = header_values(value)?;
+        with_req(|st| {
+            st.resp_headers.retain(|(n, _)| !header_name_eq(n, &name));
+            for v in values.into_iter().flatten() {
+                st.resp_headers.push((name.clone(), v));
+            }
+            Ok(())
+        })
+    })?;
+    header_meta.raw_set("__newindex", c_closure(lua, header_newindex_c, newindex)?)?;
     header.set_metatable(Some(header_meta))?;
     ngx.raw_set("header", header)?;
     Ok(())
@@ -345,5 +312,123 @@ fn set_req_header(st: &mut ReqState, name: &str, values: Option<Vec<String>>) {
             }
         }
         _ => st.cleared_headers.push(name.to_owned()),
+    }
+}
+
+/// `ngx.var`'s `__index(t, name)`.
+unsafe extern "C-unwind" fn var_index_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; the value is pushed while the
+    // request is borrowed, saving a copy.
+    unsafe {
+        let name: &[u8] = match ffi::lua_type(l, 2) {
+            ffi::LUA_TSTRING | ffi::LUA_TNUMBER => lua_bytes(l, 2),
+            _ => &[],
+        };
+        let found = current(|st| match var_value(st, name) {
+            Some(v) => push_bytes(l, &v),
+            None => ffi::lua_pushnil(l),
+        });
+        if found.is_none() {
+            raise(l, NO_REQUEST);
+        }
+        1
+    }
+}
+
+/// `ngx.var`'s `__newindex(t, name, value)`: a string or number sets the
+/// variable, `nil` unsets it.
+unsafe extern "C-unwind" fn var_newindex_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function; nothing owned is alive when it
+    // raises.
+    unsafe {
+        if !matches!(ffi::lua_type(l, 2), ffi::LUA_TSTRING | ffi::LUA_TNUMBER) {
+            raise(l, "bad variable name");
+        }
+        let value = match ffi::lua_type(l, 3) {
+            ffi::LUA_TNIL => None,
+            ffi::LUA_TSTRING | ffi::LUA_TNUMBER => Some(lua_bytes(l, 3)),
+            _ => raise(l, "bad variable value"),
+        };
+        let name = lua_bytes(l, 2);
+        let set = current(|st| {
+            let name = String::from_utf8_lossy(name);
+            match value {
+                Some(v) => {
+                    let v = String::from_utf8_lossy(v).into_owned();
+                    match st.req.vars.get_mut(&*name) {
+                        Some(old) => *old = v,
+                        None => {
+                            st.req.vars.insert(name.into_owned(), v);
+                        }
+                    }
+                }
+                None => {
+                    st.req.vars.remove(&*name);
+                }
+            }
+        });
+        if set.is_none() {
+            raise(l, NO_REQUEST);
+        }
+        0
+    }
+}
+
+/// `ngx.req.read_body()`: the host read the body (up to its limit) before
+/// the access phase, so this never waits; as in OpenResty,
+/// `get_body_data` and `get_post_args` see the body only after it.
+unsafe extern "C-unwind" fn read_body_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        if current(|st| st.body_read = st.req.body.is_some()).is_none() {
+            raise(l, NO_REQUEST);
+        }
+        0
+    }
+}
+
+/// `ngx.req.get_body_data(max_bytes?)`.
+unsafe extern "C-unwind" fn get_body_data_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        let max = match ffi::lua_type(l, 1) {
+            ffi::LUA_TNUMBER => {
+                let n = ffi::lua_tonumber(l, 1);
+                (n >= 1.0).then_some(n as usize)
+            }
+            _ => None,
+        };
+        let found = current(|st| match &st.req.body {
+            Some(b) if st.body_read && !b.is_empty() => {
+                push_bytes(l, &b[..max.map_or(b.len(), |m| m.min(b.len()))])
+            }
+            _ => ffi::lua_pushnil(l),
+        });
+        if found.is_none() {
+            raise(l, NO_REQUEST);
+        }
+        1
+    }
+}
+
+/// `ngx.header`'s `__newindex(t, name, value)` for a string value; tables,
+/// numbers, `nil` and the rest go to the general version in upvalue 1.
+unsafe extern "C-unwind" fn header_newindex_c(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: installed as a C closure over the general `__newindex`.
+    unsafe {
+        if ffi::lua_type(l, 2) != ffi::LUA_TSTRING || ffi::lua_type(l, 3) != ffi::LUA_TSTRING {
+            return call_fallback(l);
+        }
+        let (name, value) = (lua_bytes(l, 2), lua_bytes(l, 3));
+        let set = current(|st| {
+            let name = normalize_header(&String::from_utf8_lossy(name));
+            st.resp_headers.retain(|(n, _)| !header_name_eq(n, &name));
+            st.resp_headers
+                .push((name, String::from_utf8_lossy(value).into_owned()));
+        });
+        if set.is_none() {
+            raise(l, NO_REQUEST);
+        }
+        0
     }
 }
