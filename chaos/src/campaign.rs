@@ -294,6 +294,7 @@ async fn run_scenario(
             db: &db,
             round: &round,
             prefix: &prefix,
+            starts_ms: starts,
             at_ms: starts + fault_after,
             snapshot_at_ms: starts + 1_000,
         },

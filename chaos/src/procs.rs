@@ -73,11 +73,35 @@ pub async fn wait_gone(pid: i32, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A free port on 127.0.0.1 (bound and released; the OS does not hand it
-/// out again at once).
+/// A free port on 127.0.0.1 for a server the campaign starts.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), so the
+/// crowd's own outgoing connections, which use that range by the thousand,
+/// cannot take it between this check and the server's bind; and never the
+/// same port twice in one campaign.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        (low, u16::MAX)
+    };
+    let mut given = GIVEN.lock().expect("port list");
+    for _ in 0..1000 {
+        let port = fastrand::u16(from..to);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {from}..{to} after 1000 tries")
 }
 
 /// Waits until something accepts connections on `addr`, within `limit`.
@@ -229,12 +253,22 @@ impl Proc {
         // Drop kills what is left of the group.
     }
 
-    /// The last `n` lines of the log, for error messages.
+    /// The last `n` lines of the process's log, backtrace frames left out
+    /// so that a panic's message is among them.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<&str> = text.lines().filter(|l| !is_frame(l)).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// A line of a Rust backtrace (`  12: symbol` or `      at file:line`).
+fn is_frame(line: &str) -> bool {
+    let t = line.trim_start();
+    t.len() < line.len()
+        && (t.starts_with("at ")
+            || t.split_once(": ")
+                .is_some_and(|(n, _)| n.bytes().all(|b| b.is_ascii_digit())))
 }
 
 impl Drop for Proc {

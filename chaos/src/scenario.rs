@@ -181,7 +181,10 @@ pub struct FaultCtx<'a> {
     pub db: &'a DatabaseConnection,
     pub round: &'a RoundInfo,
     pub prefix: &'a str,
-    /// Wall-clock ms to inject at.
+    /// Wall-clock ms the sale starts at.
+    pub starts_ms: i64,
+    /// Wall-clock ms to inject at, at the latest (scenarios other than 1
+    /// inject earlier, once half the stock is reserved).
     pub at_ms: i64,
     /// Wall-clock ms to take scenario 1's early snapshot at.
     pub snapshot_at_ms: i64,
@@ -230,6 +233,21 @@ async fn stock_left(ctx: &FaultCtx<'_>) -> anyhow::Result<(i64, i64)> {
     Ok((available, unsold))
 }
 
+/// Waits from the sale's start until Redis shows at most half the stock
+/// available, or until `ctx.at_ms` at the latest.
+async fn wait_half_reserved(ctx: &FaultCtx<'_>) {
+    sleep_until_ms(ctx.starts_ms).await;
+    let total = ctx.round.total_stock();
+    while unix_ms() < ctx.at_ms {
+        if let Ok((available, _)) = stock_left(ctx).await
+            && available * 2 <= total
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn inject_inner(
     sc: Scenario,
     ctx: FaultCtx<'_>,
@@ -268,7 +286,13 @@ async fn inject_inner(
     if !sc.has_moment() {
         return Ok(());
     }
-    sleep_until_ms(ctx.at_ms).await;
+    if sc.id == 1 {
+        sleep_until_ms(ctx.at_ms).await;
+    } else {
+        // Mid-sale: while units are still on sale, so the fault meets buys
+        // that could be served.
+        wait_half_reserved(&ctx).await;
+    }
     if sc.id == 1 {
         // Kill once a fifth of the stock more was reserved after the
         // snapshot (or 3 s late at the latest), so the snapshot is older.
