@@ -68,6 +68,12 @@ pub struct RabbitConfig {
     pub queue_type: QueueType,
     /// How long a buy waits for the broker to confirm its order message.
     pub confirm_timeout_ms: u64,
+    /// Most messages published as one group (their confirms awaited
+    /// together); 1 publishes each message alone.
+    pub publish_batch: usize,
+    /// How long a group waits for more messages after its first, in µs
+    /// (0: a group is whatever is waiting when the previous one was sent).
+    pub publish_window_us: u64,
     /// How long a (re)connection attempt may take.
     pub connect_timeout_ms: u64,
     /// Deliveries of one message before the broker dead-letters it.
@@ -258,6 +264,8 @@ impl Default for RabbitConfig {
             queue: "seckill.orders".into(),
             queue_type: QueueType::Quorum,
             confirm_timeout_ms: 5_000,
+            publish_batch: 256,
+            publish_window_us: 0,
             connect_timeout_ms: 3_000,
             delivery_limit: 20,
             queue_expires_ms: None,
@@ -414,6 +422,15 @@ impl Config {
         }
         if self.rabbitmq.confirm_timeout_ms == 0 || self.rabbitmq.connect_timeout_ms == 0 {
             return Err(invalid("rabbitmq", "timeouts must be positive"));
+        }
+        if !(1..=4096).contains(&self.rabbitmq.publish_batch) {
+            return Err(invalid("rabbitmq.publish_batch", "1-4096 messages"));
+        }
+        if self.rabbitmq.publish_window_us > 10_000 {
+            return Err(invalid(
+                "rabbitmq.publish_window_us",
+                "at most 10000 (10 ms): every buy waits for it",
+            ));
         }
         if self.rabbitmq.delivery_limit == 0 {
             return Err(invalid("rabbitmq.delivery_limit", "must be positive"));

@@ -118,6 +118,9 @@ pub enum Command {
     Blast(BlastArgs),
     /// Order-writing throughput into the database.
     Orders(OrdersArgs),
+    /// RabbitMQ's confirmed-publish ceiling: one producer, persistent
+    /// messages of an order message's size, a bounded number unconfirmed.
+    Confirms(ConfirmsArgs),
     /// Print one value of a JSON file by JSON pointer (`/sale/orders`); for
     /// scripts that compare results without jq.
     #[command(hide = true)]
@@ -233,6 +236,28 @@ pub struct OrdersArgs {
     )]
     pub amqp_url: String,
     /// Queue the `writer` mode creates (and deletes afterwards).
+    #[arg(long)]
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfirmsArgs {
+    /// Unconfirmed messages at most.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: usize,
+    /// Messages at most.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Seconds at most.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    #[arg(
+        long,
+        env = "SECKILL__RABBITMQ__URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Queue to create (and delete afterwards).
     #[arg(long)]
     pub queue: Option<String>,
 }
@@ -359,6 +384,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(other) => println!("{other}"),
                 None => anyhow::bail!("{} has no {pointer}", file.display()),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Confirms(a) => {
+            let opts = crate::confirms::ConfirmsOptions {
+                amqp_url: a.amqp_url.clone(),
+                queue: a.queue.clone().unwrap_or_else(|| {
+                    format!(
+                        "seckill.bench.confirms.{}",
+                        chrono::Utc::now().timestamp_millis()
+                    )
+                }),
+                in_flight: a.in_flight,
+                messages: a.messages,
+                seconds: a.seconds,
+            };
+            let r = crate::confirms::run(&opts).await?;
+            println!(
+                "confirms: {} messages of {} bytes in {:.2} s = {:.0} confirmed/s ({} in flight)",
+                r.messages, r.message_bytes, r.seconds, r.per_sec, r.in_flight
+            );
+            write_json(&c.json, &r)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Orders(a) => {

@@ -19,6 +19,7 @@ pub mod blast;
 pub mod buyer;
 pub mod cli;
 pub mod client;
+pub mod confirms;
 pub mod orders;
 pub mod progress;
 pub mod report;

@@ -8,21 +8,31 @@
 //! One connection and one confirm channel are shared by all buys; after any
 //! failure the next publish reconnects, at most once per back-off interval,
 //! so a broker outage costs each buy one fast failure instead of a timeout.
+//!
+//! Group commit: publishes that arrive together are sent as a group by one
+//! task (up to `rabbitmq.publish_batch` messages, gathered for at most
+//! `rabbitmq.publish_window_us` after the first), pipelined on the channel,
+//! and their confirms awaited together under one deadline while the next
+//! group is already being sent. Each caller still gets the outcome of its
+//! own message's confirm; a group whose confirms do not come in time fails
+//! every publish in it. `publish_batch = 1` publishes each message alone.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{OrderMessage, broker, topology::Topology};
 use crate::config::RabbitConfig;
 
 /// Why a message was not confirmed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker unreachable: {0}")]
     Connect(String),
@@ -36,6 +46,8 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("reconnect suppressed after a recent failure")]
     BackingOff,
+    #[error("the publisher is shutting down")]
+    Closed,
 }
 
 struct Live {
@@ -49,12 +61,28 @@ struct State {
     last_failure: Option<Instant>,
 }
 
-/// The buy path's confirmed publisher.
-pub struct Publisher {
+/// The connection and its confirm channel, shared by the caller-facing
+/// [`Publisher`] and its group task.
+struct Link {
     cfg: RabbitConfig,
     topology: Topology,
     state: Mutex<State>,
     backoff: Duration,
+}
+
+/// One message waiting for its group.
+struct Job {
+    queue: String,
+    payload: Vec<u8>,
+    props: BasicProperties,
+    reply: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// The buy path's confirmed publisher.
+pub struct Publisher {
+    link: Arc<Link>,
+    /// The group task's inbox, started on first use (it needs a runtime).
+    groups: OnceLock<mpsc::Sender<Job>>,
 }
 
 impl Publisher {
@@ -62,21 +90,110 @@ impl Publisher {
     /// `topology`'s queues on every connection.
     pub fn new(cfg: RabbitConfig, topology: Topology) -> Self {
         Self {
-            cfg,
-            topology,
-            state: Mutex::new(State {
-                live: None,
-                last_failure: None,
+            link: Arc::new(Link {
+                cfg,
+                topology,
+                state: Mutex::new(State {
+                    live: None,
+                    last_failure: None,
+                }),
+                backoff: Duration::from_millis(250),
             }),
-            backoff: Duration::from_millis(250),
+            groups: OnceLock::new(),
         }
     }
 
     /// Connects now (used at start-up so the first buys do not pay for it).
     pub async fn warm_up(&self) -> Result<(), PublishError> {
-        self.channel().await.map(|_| ())
+        self.link.channel().await.map(|_| ())
     }
 
+    pub fn topology(&self) -> &Topology {
+        &self.link.topology
+    }
+
+    /// Publishes one order message to the order queue and waits for the
+    /// broker's confirm.
+    pub async fn publish(&self, msg: &OrderMessage) -> Result<(), PublishError> {
+        let payload = serde_json::to_vec(msg).expect("order message serializes");
+        self.publish_to(
+            self.link.topology.orders(),
+            &payload,
+            &msg.attempt_id,
+            msg.reserved_at_ms,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Publishes a persistent JSON message to `queue` (through the default
+    /// exchange) and waits for the broker's confirm.
+    pub async fn publish_to(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        message_id: &str,
+        timestamp_ms: i64,
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("application/json"))
+            .with_message_id(ShortString::from(message_id))
+            .with_timestamp((timestamp_ms / 1000).max(0) as u64)
+            .with_headers(headers);
+        if self.link.cfg.publish_batch <= 1 {
+            return self.link.publish_one(queue, payload, props).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            queue: queue.to_owned(),
+            payload: payload.to_vec(),
+            props,
+            reply,
+        };
+        self.inbox()
+            .send(job)
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        answer.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    fn inbox(&self) -> &mpsc::Sender<Job> {
+        self.groups.get_or_init(|| {
+            let max = self.link.cfg.publish_batch.max(1);
+            let (tx, rx) = mpsc::channel(max * 4);
+            let window = Duration::from_micros(self.link.cfg.publish_window_us);
+            tokio::spawn(run_groups(self.link.clone(), rx, window, max));
+            tx
+        })
+    }
+}
+
+/// The group task: gathers the messages waiting (up to `max`, for at most
+/// `window` after the first), sends them as one group, and goes on with the
+/// next while that group's confirms are awaited. Ends when the publisher is
+/// dropped.
+async fn run_groups(link: Arc<Link>, mut inbox: mpsc::Receiver<Job>, window: Duration, max: usize) {
+    while let Some(first) = inbox.recv().await {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut group = vec![first];
+        while group.len() < max {
+            match inbox.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) if window.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                    Ok(Some(job)) => group.push(job),
+                    _ => break,
+                },
+            }
+        }
+        metrics::histogram!("seckill_publish_group_size").record(group.len() as f64);
+        link.send_group(group).await;
+    }
+}
+
+impl Link {
     async fn channel(&self) -> Result<Channel, PublishError> {
         let mut st = self.state.lock().await;
         if let Some(live) = &st.live {
@@ -130,62 +247,101 @@ impl Publisher {
         }
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
+    /// Sends a group's messages in order on one channel, then awaits their
+    /// confirms in a task of their own under one deadline.
+    async fn send_group(self: &Arc<Self>, group: Vec<Job>) {
+        let channel = match self.channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                for job in group {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pending = Vec::with_capacity(group.len());
+        let mut jobs = group.into_iter();
+        for job in jobs.by_ref() {
+            let sent = tokio::time::timeout_at(
+                deadline,
+                channel.basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(job.queue.as_str()),
+                    mandatory(),
+                    &job.payload,
+                    job.props.clone(),
+                ),
+            )
+            .await;
+            match sent {
+                Ok(Ok(confirm)) => pending.push((job.reply, confirm)),
+                failed => {
+                    let e = match failed {
+                        Ok(Err(e)) => PublishError::Amqp(e),
+                        _ => PublishError::Timeout(timeout),
+                    };
+                    self.invalidate(&channel).await;
+                    let _ = job.reply.send(Err(e.clone()));
+                    for rest in jobs.by_ref() {
+                        let _ = rest.reply.send(Err(e.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let link = self.clone();
+        tokio::spawn(async move {
+            let (replies, confirms): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+            match tokio::time::timeout_at(deadline, join_all(confirms)).await {
+                Ok(outcomes) => {
+                    let mut broken = false;
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let outcome = confirmed(outcome);
+                        broken |= matches!(outcome, Err(PublishError::Amqp(_)));
+                        let _ = reply.send(outcome);
+                    }
+                    if broken {
+                        link.invalidate(&channel).await;
+                    }
+                }
+                Err(_) => {
+                    link.invalidate(&channel).await;
+                    for reply in replies {
+                        let _ = reply.send(Err(PublishError::Timeout(timeout)));
+                    }
+                }
+            }
+        });
     }
 
-    /// Publishes one order message to the order queue and waits for the
-    /// broker's confirm.
-    pub async fn publish(&self, msg: &OrderMessage) -> Result<(), PublishError> {
-        let payload = serde_json::to_vec(msg).expect("order message serializes");
-        self.publish_to(
-            self.topology.orders(),
-            &payload,
-            &msg.attempt_id,
-            msg.reserved_at_ms,
-            FieldTable::default(),
-        )
-        .await
-    }
-
-    /// Publishes a persistent JSON message to `queue` (through the default
-    /// exchange) and waits for the broker's confirm.
-    pub async fn publish_to(
+    /// Publishes one message alone and waits for its confirm.
+    async fn publish_one(
         &self,
         queue: &str,
         payload: &[u8],
-        message_id: &str,
-        timestamp_ms: i64,
-        headers: FieldTable,
+        props: BasicProperties,
     ) -> Result<(), PublishError> {
         let channel = self.channel().await?;
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(message_id))
-            .with_timestamp((timestamp_ms / 1000).max(0) as u64)
-            .with_headers(headers);
         let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
         let fut = async {
             let confirm = channel
                 .basic_publish(
                     ShortString::from(""),
                     ShortString::from(queue),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
+                    mandatory(),
                     payload,
                     props,
                 )
                 .await?;
-            confirm.await
+            Ok(confirm.await)
         };
         let outcome = match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(Confirmation::Ack(None))) => return Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Returned),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+            Ok(Ok(c)) => confirmed(c),
             Ok(Err(e)) => Err(PublishError::Amqp(e)),
             Err(_) => Err(PublishError::Timeout(timeout)),
         };
@@ -196,5 +352,22 @@ impl Publisher {
             self.invalidate(&channel).await;
         }
         outcome
+    }
+}
+
+fn mandatory() -> BasicPublishOptions {
+    BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    }
+}
+
+/// What a confirm means for the caller.
+fn confirmed(c: lapin::Result<Confirmation>) -> Result<(), PublishError> {
+    match c {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Returned),
+        Ok(Confirmation::Nack(_)) | Ok(Confirmation::NotRequested) => Err(PublishError::Nacked),
+        Err(e) => Err(PublishError::Amqp(e)),
     }
 }

@@ -377,3 +377,55 @@ async fn the_same_order_twice_in_one_batch_is_written_once_within_stock() {
     assert_eq!(app.counters(round, items[0]).await, (1, 0, 1, 0));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_publish_group_whose_confirms_never_come_releases_every_reservation_in_it() {
+    let proxy = FaultProxy::start(broker_addr().await).await;
+    let app = TestApp::spawn_with(TestOptions {
+        writer: false,
+        amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
+        tweak: Some(Box::new(|c| {
+            c.rabbitmq.confirm_timeout_ms = 600;
+            // Long enough that buys sent together form one group.
+            c.rabbitmq.publish_window_us = 10_000;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let (round, items) = app.open_round(json!([item(6, 1)]), -1_000, 3_600_000).await;
+    // A warm buy: the publisher is connected through the proxy.
+    let first = app.token("g-first", Role::Buyer);
+    let (s, v) = app.buy(round, items[0], &first, 1).await;
+    assert_eq!((s, v["status"].as_str()), (202, Some("queued")), "{v}");
+    // Nothing can be spooled either: an unconfirmed buy must be released.
+    std::fs::remove_dir_all(&app.config.durability.spool_dir).unwrap();
+
+    proxy.blackhole();
+    let tokens: Vec<String> = (0..4)
+        .map(|i| app.token(&format!("g{i}"), Role::Buyer))
+        .collect();
+    let started = std::time::Instant::now();
+    let answers =
+        futures::future::join_all(tokens.iter().map(|t| app.buy(round, items[0], t, 1))).await;
+    for (s, v) in &answers {
+        assert_eq!((*s, v["error"].as_str()), (503, Some("unavailable")), "{v}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the group failed before its confirm deadline"
+    );
+    // Every reservation of the group went back; the warm one stays.
+    assert_eq!(app.counters(round, items[0]).await, (6, 5, 1, 0));
+
+    // The broker is reachable again: the next group reconnects and confirms.
+    // (With no spool, a 202 now means a confirmed publish.)
+    proxy.up();
+    let again = &tokens[0];
+    eventually(Duration::from_secs(10), || async {
+        let (s, _) = app.buy(round, items[0], again, 1).await;
+        (s == 202).then_some(())
+    })
+    .await;
+    assert_eq!(app.counters(round, items[0]).await, (6, 4, 2, 0));
+    app.teardown().await;
+}
