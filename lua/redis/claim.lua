@@ -1,16 +1,20 @@
--- claim.lua — the order writer takes an attempt before writing its order.
+-- claim.lua — the order writer takes attempts before writing their orders.
 --
--- KEYS[1] attempt hash; ARGV: now_ms
--- A `queued` attempt becomes `writing`, after which a publisher's release can
--- no longer cancel it. Replies: 'claimed' (was queued), the current status
--- ('writing' or 'ordered': a redelivery, write idempotently; 'cancelled':
--- skip), or 'missing'.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return 'missing'
+-- KEYS: attempt hashes, one or more, all of one item (one hash tag); ARGV:
+-- now_ms. A `queued` attempt becomes `writing`, after which a publisher's
+-- release can no longer cancel it. Replies, one per key in order:
+-- 'claimed' (was queued), the current status ('writing' or 'ordered': a
+-- redelivery, write idempotently; 'cancelled': skip), or 'missing'.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if not status then
+    out[i] = 'missing'
+  elseif status == 'queued' then
+    redis.call('HSET', key, 'status', 'writing', 'updated_ms', ARGV[1])
+    out[i] = 'claimed'
+  else
+    out[i] = status
+  end
 end
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'writing', 'updated_ms', ARGV[1])
-  return 'claimed'
-end
-return status
+return out

@@ -471,17 +471,47 @@ impl OrderWriter {
         Ok(refs.len())
     }
 
-    /// Claims the attempts (adopting those Redis lost).
+    /// Claims the attempts, one Redis call per item, adopting those Redis
+    /// lost; the replies are in the order of `pending`.
     async fn claim(
+        &self,
+        pending: &[(&OrderMessage, &AttemptId)],
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = vec![String::new(); pending.len()];
+        let groups = by_item(pending.iter().map(|(_, id)| *id));
+        let claimed = futures::future::join_all(groups.iter().map(|idx| {
+            let ids: Vec<&AttemptId> = idx.iter().map(|&i| pending[i].1).collect();
+            async move { self.lc.sale.claim_many(&ids, now).await }
+        }))
+        .await;
+        for (idx, replies) in groups.iter().zip(claimed) {
+            let replies = replies?;
+            if replies.len() != idx.len() {
+                return Err(StoreError::Protocol("claim: one reply per attempt".into()));
+            }
+            for (&i, r) in idx.iter().zip(replies) {
+                out[i] = r;
+            }
+        }
+        let adopted =
+            futures::future::join_all(out.iter().enumerate().filter(|(_, r)| *r == "missing").map(
+                |(i, _)| async move { (i, self.adopt(pending[i].0, pending[i].1, now).await) },
+            ))
+            .await;
+        for (i, r) in adopted {
+            out[i] = r?;
+        }
+        Ok(out)
+    }
+
+    /// Recreates an attempt Redis lost from its message, then claims it.
+    async fn adopt(
         &self,
         msg: &OrderMessage,
         id: &AttemptId,
         now: i64,
     ) -> Result<String, StoreError> {
-        let status = self.lc.sale.claim(id, now).await?;
-        if status != "missing" {
-            return Ok(status);
-        }
         let seed = AttemptSeed {
             id,
             user: &msg.user_id,
@@ -512,13 +542,12 @@ impl OrderWriter {
         pending: &[(&OrderMessage, &AttemptId)],
         now: i64,
     ) -> Result<Vec<ExpiryMessage>, StoreError> {
-        let claims =
-            futures::future::join_all(pending.iter().map(|(m, id)| self.claim(m, id, now))).await;
+        let claims = self.claim(pending, now).await?;
         let pay_by = now + self.lc.config.payment_timeout_ms();
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
         for ((msg, _), claim) in pending.iter().zip(claims) {
-            if claim? == stored::CANCELLED {
+            if claim == stored::CANCELLED {
                 tracing::info!(attempt_id = %msg.attempt_id, "attempt was cancelled; no order");
                 continue;
             }
@@ -568,39 +597,56 @@ impl OrderWriter {
             .into_iter()
             .map(|o| (o.attempt_id.clone(), o))
             .collect();
-        let written = &written;
-        let fates = &fates;
-        let marks = futures::future::join_all(ids.iter().map(|aid| async move {
-            let id: AttemptId = aid.parse().map_err(|_| StoreError::Protocol(aid.clone()))?;
-            match (written.get(aid), fates.get(aid)) {
-                (Some(o), _) => {
-                    self.lc.sale.mark_ordered(&id, &o.id, o.pay_by_ms, now).await?;
-                    Ok::<_, StoreError>(Some(ExpiryMessage {
-                        order_id: o.id.clone(),
-                        pay_by_ms: o.pay_by_ms,
-                    }))
-                }
-                (None, Some(Fate::OverStock)) => {
-                    // Redis reserved a unit the database says is taken: its
-                    // counters are wrong. Never hand that unit out again;
-                    // rebuild the item from the database instead.
-                    tracing::error!(attempt_id = %aid, "order refused: the item's stock is all ordered; rebuilding the item");
-                    metrics::counter!("seckill_orders_refused_total", "reason" => "stock").increment(1);
-                    self.lc.sale.release_distrusted(&id, reason::SOLD_OUT, now).await?;
-                    if let Err(e) = rebuild::ensure_item(&self.lc, id.round_id, id.item_id).await {
-                        tracing::warn!(error = %e, "item not rebuilt now; its next reservation rebuilds it");
-                    }
-                    Ok(None)
-                }
-                (None, _) => {
-                    // The buyer already has a different order for this item.
-                    tracing::warn!(attempt_id = %aid, "order refused as a second order of the buyer; releasing");
-                    self.lc.sale.release(&id, reason::DUPLICATE_ORDER, now, true).await?;
-                    Ok(None)
-                }
-            }
+        // The written orders: marked in Redis, one call per item.
+        let ids: Vec<AttemptId> = ids
+            .iter()
+            .map(|aid| aid.parse().map_err(|_| StoreError::Protocol(aid.clone())))
+            .collect::<Result<_, _>>()?;
+        let (done, refused): (Vec<&AttemptId>, Vec<&AttemptId>) = ids
+            .iter()
+            .partition(|id| written.contains_key(&id.to_string()));
+        let orders: Vec<&order::Model> = done.iter().map(|id| &written[&id.to_string()]).collect();
+        let groups = by_item(done.iter().copied());
+        let marked = futures::future::join_all(groups.iter().map(|idx| {
+            let marks: Vec<(&AttemptId, &str, i64)> = idx
+                .iter()
+                .map(|&i| (done[i], orders[i].id.as_str(), orders[i].pay_by_ms))
+                .collect();
+            async move { self.lc.sale.mark_ordered_many(&marks, now).await }
         }))
         .await;
+        for m in marked {
+            m?;
+        }
+        let fates = &fates;
+        futures::future::join_all(refused.iter().map(|&id| async move {
+            let aid = id.to_string();
+            if let Some(Fate::OverStock) = fates.get(&aid) {
+                // Redis reserved a unit the database says is taken: its
+                // counters are wrong. Never hand that unit out again;
+                // rebuild the item from the database instead.
+                tracing::error!(attempt_id = %aid, "order refused: the item's stock is all ordered; rebuilding the item");
+                metrics::counter!("seckill_orders_refused_total", "reason" => "stock").increment(1);
+                self.lc.sale.release_distrusted(id, reason::SOLD_OUT, now).await?;
+                if let Err(e) = rebuild::ensure_item(&self.lc, id.round_id, id.item_id).await {
+                    tracing::warn!(error = %e, "item not rebuilt now; its next reservation rebuilds it");
+                }
+            } else {
+                // The buyer already has a different order for this item.
+                tracing::warn!(attempt_id = %aid, "order refused as a second order of the buyer; releasing");
+                self.lc.sale.release(id, reason::DUPLICATE_ORDER, now, true).await?;
+            }
+            Ok::<_, StoreError>(())
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
+        let marks = orders.iter().map(|o| {
+            Ok::<_, StoreError>(Some(ExpiryMessage {
+                order_id: o.id.clone(),
+                pay_by_ms: o.pay_by_ms,
+            }))
+        });
         let mut expiries = Vec::new();
         for m in marks {
             if let Some(e) = m?
@@ -611,6 +657,20 @@ impl OrderWriter {
         }
         Ok(expiries)
     }
+}
+
+/// Indices of `ids` grouped by item, in first-seen order (one Redis call
+/// per group: an item's keys share a hash tag).
+fn by_item<'a>(ids: impl Iterator<Item = &'a AttemptId>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<((i64, i64), Vec<usize>)> = Vec::new();
+    for (i, id) in ids.enumerate() {
+        let item = (id.round_id, id.item_id);
+        match groups.iter_mut().find(|(k, _)| *k == item) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((item, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 /// A batch that could be neither written nor handed on.

@@ -425,14 +425,27 @@ impl SaleStore {
 
     /// The order writer's claim on an attempt (see `claim.lua`).
     pub async fn claim(&self, id: &AttemptId, now_ms: i64) -> Result<String, StoreError> {
-        let k = self.keys(id.round_id, id.item_id);
-        Ok(self
-            .scripts
-            .claim
-            .key(k.attempt(&id.to_string()))
-            .arg(now_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+        one(self.claim_many(&[id], now_ms).await?)
+    }
+
+    /// Claims attempts of one item in one call (see `claim.lua`); the
+    /// replies are in the order of `ids`.
+    pub async fn claim_many(
+        &self,
+        ids: &[&AttemptId],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let Some(first) = ids.first() else {
+            return Ok(Vec::new());
+        };
+        let k = self.keys(first.round_id, first.item_id);
+        let mut inv = self.scripts.claim.prepare_invoke();
+        for id in ids {
+            debug_assert_eq!((id.round_id, id.item_id), (first.round_id, first.item_id));
+            inv.key(k.attempt(&id.to_string()));
+        }
+        inv.arg(now_ms);
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
 
     /// Records the durable order on the attempt.
@@ -443,14 +456,42 @@ impl SaleStore {
         pay_by_ms: i64,
         now_ms: i64,
     ) -> Result<String, StoreError> {
-        let k = self.keys(id.round_id, id.item_id);
-        let mut inv = self.scripts.mark_ordered.key(k.attempt(&id.to_string()));
-        inv.key(k.inflight())
-            .key(k.rebuild_lock())
-            .arg(order_id)
-            .arg(pay_by_ms)
-            .arg(now_ms);
-        self.unheld(inv).await
+        one(self
+            .mark_ordered_many(&[(id, order_id, pay_by_ms)], now_ms)
+            .await?)
+    }
+
+    /// Records durable orders of attempts of one item in one call, waiting
+    /// out a rebuild that holds the item (see `mark_ordered.lua`): each
+    /// mark is `(attempt, order id, pay_by_ms)`; the replies are in order.
+    pub async fn mark_ordered_many(
+        &self,
+        marks: &[(&AttemptId, &str, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let Some((first, _, _)) = marks.first() else {
+            return Ok(Vec::new());
+        };
+        let k = self.keys(first.round_id, first.item_id);
+        let mut inv = self.scripts.mark_ordered.prepare_invoke();
+        inv.key(k.inflight()).key(k.rebuild_lock()).arg(now_ms);
+        for (id, order_id, pay_by_ms) in marks {
+            debug_assert_eq!((id.round_id, id.item_id), (first.round_id, first.item_id));
+            inv.key(k.attempt(&id.to_string()))
+                .arg(*order_id)
+                .arg(*pay_by_ms);
+        }
+        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        loop {
+            let r: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+            if r.first().map(String::as_str) != Some("held") || marks.is_empty() {
+                return Ok(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Held);
+            }
+            tokio::time::sleep(HOLD_STEP).await;
+        }
     }
 
     /// Applies a settlement the database decided (see `settle.lua`).
@@ -863,4 +904,12 @@ fn parse_reserve(full: &[String]) -> Result<Reserved, StoreError> {
         _ => return Err(bad()),
     };
     Ok(Reserved { outcome, permit })
+}
+
+/// The one reply of a script called for one key.
+fn one(mut replies: Vec<String>) -> Result<String, StoreError> {
+    match (replies.pop(), replies.is_empty()) {
+        (Some(r), true) => Ok(r),
+        _ => Err(StoreError::Protocol("expected one reply".into())),
+    }
 }
