@@ -1,8 +1,8 @@
 //! Command line: `sale` (the default: open a round, send a crowd, judge;
 //! `--json` and `--html` keep the report), `setup`, `verify`, `blast`,
-//! `orders`. Store and secret options read the
-//! same `SECKILL__…` variables as the backend, so a script that configures
-//! the backend configures the load generator too.
+//! `orders`. Store and secret options read the same `SECKILL__…` variables
+//! as the backend, so a script that configures the backend configures the
+//! load generator too.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
