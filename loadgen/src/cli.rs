@@ -1,7 +1,8 @@
-//! Command line: `sale` (the default: open a round, send a crowd, judge),
-//! `setup`, `verify`, `blast`, `orders`. Store and secret options read the
-//! same `SECKILL__…` variables as the backend, so a script that configures
-//! the backend configures the load generator too.
+//! Command line: `sale` (the default: open a round, send a crowd, judge;
+//! `--json` and `--html` keep the report), `setup`, `verify`, `blast`,
+//! `orders`. Store and secret options read the same `SECKILL__…` variables
+//! as the backend, so a script that configures the backend configures the
+//! load generator too.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use crate::{
     blast::{self, BlastOptions},
+    html,
     orders::{self, OrdersOptions},
     report::VerdictText,
     sale::{self, SaleOptions},
@@ -189,6 +191,10 @@ pub struct SaleArgs {
     pub settle_secs: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Also write the report as one self-contained HTML page (answers per
+    /// second, units taken over time, latency histograms, the verdict).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +328,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = sale::run(opts).await?;
             println!("{report}");
             write_json(&c.json, &report)?;
+            if let Some(path) = &a.html {
+                html::write(&report, path)?;
+            }
             Ok(verdict_code(report.verdict.passed))
         }
         Command::Setup(a) => {

@@ -10,7 +10,8 @@
 //! - [`progress`] — live progress bar or log lines
 //! - [`sale`] — a whole sale: setup, crowd, settle, verdict ([`run`])
 //! - [`verdict`] — invariants I1–I5 checked against Redis and the database
-//! - [`report`] — the human summary and its JSON form
+//! - [`report`] — the human summary, its JSON form and the time line
+//! - [`html`] — the report as one self-contained HTML page
 //! - [`blast`] — buy-path throughput for benchmarks
 //! - [`orders`] — order-writing throughput for benchmarks
 //! - [`cli`] — the command line
@@ -20,6 +21,7 @@ pub mod buyer;
 pub mod cli;
 pub mod client;
 pub mod confirms;
+pub mod html;
 pub mod orders;
 pub mod progress;
 pub mod report;

@@ -1,12 +1,113 @@
 //! The end-of-run report: what a person reads (answers by outcome, latency
-//! percentiles, time to sold out, units sold, the verdict) and the same as
-//! JSON for scripts and for comparing runs.
+//! percentiles, time to sold out, units sold, the verdict), the same as
+//! JSON for scripts and for comparing runs, and the per-second time line
+//! and latency bars the HTML page ([`crate::html`]) draws.
 
 use std::{collections::BTreeMap, collections::HashMap, fmt};
 
 use serde::Serialize;
 
-use crate::{setup::RoundInfo, stats::Latency, verdict::Verdict};
+use crate::{
+    setup::RoundInfo,
+    stats::{Bin, Class, Latency, MAX_SECONDS, Second},
+    verdict::Verdict,
+};
+
+/// One second of the sale's time line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TimelineRow {
+    /// Start of this (Unix) second, in ms from the sale's start; negative
+    /// before it.
+    pub t_ms: i64,
+    /// Buy answers received in this second, by class.
+    pub reserved: u64,
+    pub sold_out: u64,
+    pub rate_limited: u64,
+    pub unavailable: u64,
+    pub other: u64,
+    pub error: u64,
+    /// Units held at the end of the run by attempts the store created up
+    /// to the end of this second (attempts cancelled later, e.g. unpaid
+    /// ones that expired, are not counted at all).
+    pub units_taken: i64,
+}
+
+impl TimelineRow {
+    pub fn count(&self, c: Class) -> u64 {
+        match c {
+            Class::Reserved => self.reserved,
+            Class::SoldOut => self.sold_out,
+            Class::RateLimited => self.rate_limited,
+            Class::Unavailable => self.unavailable,
+            Class::Other => self.other,
+            Class::Error => self.error,
+        }
+    }
+
+    pub fn answers(&self) -> u64 {
+        Class::ALL.iter().map(|c| self.count(*c)).sum()
+    }
+}
+
+/// The sale second by second: every second from the first buy answer or
+/// reservation to the last, without gaps.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timeline {
+    /// Unix ms the rows' offsets count from (the round's start).
+    pub zero_ms: i64,
+    pub seconds: Vec<TimelineRow>,
+    /// Buy answers not in any row (the time line was full).
+    pub dropped: u64,
+}
+
+impl Timeline {
+    /// Joins the crowd's buy answers (by Unix second) with the store's live
+    /// reservations (`(created_ms, qty)`), at most [`MAX_SECONDS`] rows.
+    pub fn build(
+        zero_ms: i64,
+        buys: &BTreeMap<i64, Second>,
+        reservations: impl IntoIterator<Item = (i64, i64)>,
+        dropped: u64,
+    ) -> Self {
+        let mut units: BTreeMap<i64, i64> = BTreeMap::new();
+        for (created_ms, qty) in reservations {
+            *units.entry(created_ms.div_euclid(1000)).or_default() += qty;
+        }
+        let first = buys.keys().chain(units.keys()).min().copied();
+        let last = buys.keys().chain(units.keys()).max().copied();
+        let (Some(first), Some(last)) = (first, last) else {
+            return Self {
+                zero_ms,
+                seconds: Vec::new(),
+                dropped,
+            };
+        };
+        let last = last.min(first + MAX_SECONDS as i64 - 1);
+        // Reservations before the first row still count towards it.
+        let mut taken: i64 = units.range(..first).map(|(_, q)| q).sum();
+        let seconds = (first..=last)
+            .map(|sec| {
+                taken += units.get(&sec).copied().unwrap_or(0);
+                let b = buys.get(&sec).copied().unwrap_or_default();
+                TimelineRow {
+                    t_ms: sec * 1000 - zero_ms,
+                    reserved: b.get(Class::Reserved),
+                    sold_out: b.get(Class::SoldOut),
+                    rate_limited: b.get(Class::RateLimited),
+                    unavailable: b.get(Class::Unavailable),
+                    other: b.get(Class::Other),
+                    error: b.get(Class::Error),
+                    units_taken: taken,
+                }
+            })
+            .collect();
+        Self {
+            zero_ms,
+            seconds,
+            dropped,
+        }
+    }
+}
 
 /// The sale's figures, taken from the stores where the stores know them.
 #[derive(Clone, Debug, Serialize)]
@@ -84,6 +185,9 @@ pub struct Report {
     /// Answers by request kind, then outcome (`"410 sold_out"` …).
     pub requests: BTreeMap<String, BTreeMap<String, u64>>,
     pub latency: BTreeMap<String, Latency>,
+    /// The latency histograms as bars, by request kind.
+    pub latency_bars: BTreeMap<String, Vec<Bin>>,
+    pub timeline: Timeline,
     pub sale: SaleFigures,
     pub payments: BTreeMap<String, u64>,
     pub verdict: Verdict,
@@ -195,5 +299,53 @@ impl fmt::Display for VerdictText<'_> {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_line_has_no_gaps_and_accumulates_units() {
+        let mut buys = BTreeMap::new();
+        buys.insert(
+            1_000,
+            Second {
+                counts: [3, 0, 0, 0, 0, 0],
+            },
+        );
+        buys.insert(
+            1_003,
+            Second {
+                counts: [0, 5, 0, 0, 0, 1],
+            },
+        );
+        // The sale starts at 1000.5 s; one reservation a second early.
+        let t = Timeline::build(
+            1_000_500,
+            &buys,
+            [(999_100, 1), (1_000_200, 2), (1_002_999, 1)],
+            0,
+        );
+        let offsets: Vec<i64> = t.seconds.iter().map(|r| r.t_ms).collect();
+        assert_eq!(offsets, [-1_500, -500, 500, 1_500, 2_500]);
+        let units: Vec<i64> = t.seconds.iter().map(|r| r.units_taken).collect();
+        assert_eq!(units, [1, 3, 3, 4, 4]);
+        assert_eq!(t.seconds[1].reserved, 3);
+        assert_eq!(t.seconds[4].answers(), 6);
+        assert_eq!(
+            t.seconds[2],
+            TimelineRow {
+                t_ms: 500,
+                units_taken: 3,
+                ..Default::default()
+            }
+        );
+        assert!(
+            Timeline::build(0, &BTreeMap::new(), [], 0)
+                .seconds
+                .is_empty()
+        );
     }
 }

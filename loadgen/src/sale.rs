@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     buyer::{Behaviour, BuyerPlan, Crowd, Ledger, Script},
     client::Http,
     progress::Progress,
-    report::{Report, SaleFigures},
+    report::{Report, SaleFigures, Timeline},
     setup::{Admin, RoundInfo, RoundSpec},
     stats::Stats,
     verdict::{self, ClientView, StoreReader, Stores},
@@ -242,6 +242,16 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
         forgers,
     };
     let verdict = verdict::judge(&snap, Some(&client));
+    let timeline = Timeline::build(
+        round.starts_at_ms,
+        &stats.buy_timeline(),
+        snap.items
+            .iter()
+            .flat_map(|i| i.attempts.values())
+            .filter(|a| verdict::is_live(&a.status))
+            .map(|a| (a.created_ms, a.qty)),
+        stats.timeline_dropped.load(Ordering::Relaxed),
+    );
 
     let first_sold_out = ledger.first_sold_out_ms.lock().expect("ledger").clone();
     let answered_202 = client.told_202.values().filter(|t| !t.retry).count();
@@ -264,6 +274,8 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
         stopped_by_cap,
         requests: stats.outcomes(),
         latency: stats.latencies(),
+        latency_bars: stats.latency_bars(),
+        timeline,
         sale,
         payments,
         verdict,

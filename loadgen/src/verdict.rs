@@ -39,7 +39,7 @@ pub struct StoredAttempt {
 }
 
 /// Statuses that hold units (reserved or sold).
-fn is_live(status: &str) -> bool {
+pub fn is_live(status: &str) -> bool {
     matches!(status, "queued" | "writing" | "ordered" | "paid")
 }
 

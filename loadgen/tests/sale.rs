@@ -3,7 +3,8 @@
 //! of a few hundred buyers (some misbehaving), and the verdict read from the
 //! stores. Then the store is corrupted by hand and the recomputed verdict
 //! must fail: the verdict comes from Redis and the database, not from the
-//! crowd's own counts.
+//! crowd's own counts. A second, smaller sale runs the real binary with
+//! `--json` and `--html` and reads both files back.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -207,6 +208,91 @@ async fn a_small_sale_passes_and_a_corrupted_store_fails_the_verdict() {
         failed.contains(&"I3") && failed.contains(&"orders"),
         "{failed:?}"
     );
+
+    // The binary itself, on a fresh round, keeping the report as JSON and
+    // as an HTML page.
+    let dir = tempfile::tempdir().unwrap();
+    let (html, json) = (dir.path().join("sale.html"), dir.path().join("sale.json"));
+    let url = format!("http://{}", backend.addr);
+    let args: Vec<String> = [
+        "--target",
+        &url,
+        "--redis-url",
+        REDIS_URL,
+        "--redis-prefix",
+        &backend.config.redis.key_prefix,
+        "--database-url",
+        &backend.config.database.url,
+        "--no-progress",
+        "--json",
+        json.to_str().unwrap(),
+        "sale",
+        "--buyers",
+        "60",
+        "--items",
+        "1",
+        "--stock",
+        "10",
+        "--start-in-secs",
+        "1",
+        "--reaction-ms",
+        "200",
+        "--duration-secs",
+        "30",
+        "--settle-secs",
+        "10",
+        "--html",
+        html.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_seckill-loadgen"))
+            .args(&args)
+            .env_remove("SECKILL__AUTH__SECRET")
+            .env_remove("SECKILL_ADMIN_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let round = report["round"]["id"].as_i64().unwrap();
+    let seconds = report["timeline"]["seconds"].as_array().unwrap();
+    let answered: u64 = seconds
+        .iter()
+        .map(|s| s["reserved"].as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, 10, "ten 202s on the time line: {seconds:?}");
+    assert_eq!(seconds.last().unwrap()["units_taken"], 10);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.ends_with("</html>\n"));
+    assert!(page.contains(&format!(
+        "<h1>Sale of round {round} <span class=\"pass\">PASS</span></h1>"
+    )));
+    for series in [
+        "reserved",
+        "sold_out",
+        "units_taken",
+        "latency_buy",
+        "latency_poll",
+    ] {
+        assert!(
+            page.contains(&format!("data-series=\"{series}\"")),
+            "{series}"
+        );
+    }
+    assert!(page.contains("<title>") && !page.contains("<script"));
+    let title = report["round"]["items"][0]["title"].as_str().unwrap();
+    assert!(page.contains(&seckill_loadgen::html::escape(title)));
 
     backend.teardown().await;
 }
