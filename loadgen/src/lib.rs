@@ -14,6 +14,7 @@
 //! - [`html`] — the report as one self-contained HTML page
 //! - [`blast`] — buy-path throughput for benchmarks
 //! - [`orders`] — order-writing throughput for benchmarks
+//! - [`confirms`] — RabbitMQ's confirmed-publish ceiling, for benchmarks
 //! - [`cli`] — the command line
 
 pub mod blast;
