@@ -189,6 +189,7 @@ function showRound(r) {
   sessionStorage.setItem(ROUND_KEY, r.id);
   $('round-id').value = r.id;
   if (!$('rc-round').value) $('rc-round').value = r.id;
+  if (!$('dash-round').value) $('dash-round').value = r.id;
   $('round-view').hidden = false;
   $('round-view').dataset.roundId = r.id;
   $('rv-name').textContent = r.name;
@@ -241,10 +242,21 @@ $('reject-btn').addEventListener('click', () => {
   const reason = $('reject-reason').value.trim();
   transition('reject', reason ? { reason } : undefined);
 });
-$('watch-btn').addEventListener('click', () => {
-  if (!current) return;
+function watch(id) {
+  if (!id) return;
+  $('dash-round').value = id;
   hide('dash-error');
-  dashboard.start(current.id);
+  dashboard.start(encodeURIComponent(id));
+}
+
+$('watch-btn').addEventListener('click', () => current && watch(String(current.id)));
+$('dash-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  watch($('dash-round').value.trim());
+});
+$('dash-stop').addEventListener('click', () => {
+  dashboard.stop();
+  dashboard.ended('stopped here');
 });
 
 // --- dead letters ------------------------------------------------------------
