@@ -159,7 +159,9 @@ export class Dashboard {
     const h = 120;
     const top = 14;
     const max = Math.max(1, ...this.history.flatMap((p) => SERIES.map((s) => p[s.key] ?? 0)));
-    const x = (i) => (w * i) / (POINTS - 1);
+    // The time axis grows with the history until it holds POINTS snapshots.
+    const span = Math.min(POINTS, Math.max(20, this.history.length));
+    const x = (i) => (w * i) / (span - 1);
     const y = (v) => h - 2 - ((h - top - 4) * v) / max;
     const nodes = [];
     for (const frac of [0, 0.5, 1]) {
@@ -177,7 +179,7 @@ export class Dashboard {
     label.setAttribute('class', 'axis');
     label.textContent = `${max}/s`;
     nodes.push(label);
-    const offset = POINTS - this.history.length;
+    const offset = span - this.history.length;
     for (const s of SERIES) {
       const pts = this.history.map((p, i) => `${x(offset + i).toFixed(1)},${y(p[s.key] ?? 0).toFixed(1)}`);
       const line = document.createElementNS(SVG, 'polyline');

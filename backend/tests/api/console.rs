@@ -321,6 +321,24 @@ async fn console_runs_a_sale_from_draft_to_sold_out_in_a_browser() {
         )
         .await;
     assert_eq!(lines, json!(4), "one line per outcome");
+    // The screenshot shows the dashboard once the bars have stopped moving.
+    b.js(
+        "document.getElementById('dashboard').scrollIntoView();",
+        vec![],
+    )
+    .await;
+    until(UI_WAIT, "the bars' transitions finish", || async {
+        let done = b
+            .js(
+                "return [...document.querySelectorAll('#bars .bar')].every(bar => \
+                   bar.querySelector('.seg.sold').getBoundingClientRect().width >= \
+                   bar.getBoundingClientRect().width - 1);",
+                vec![],
+            )
+            .await;
+        (done == json!(true)).then_some(())
+    })
+    .await;
     let png = b.client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let path = screenshot_path();
