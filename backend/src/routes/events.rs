@@ -140,7 +140,8 @@ impl Feed {
     /// Messages ready in the order queue and in the dead-letter queue.
     async fn queue_depths(&mut self) -> (Option<u32>, Option<u32>) {
         let topology = self.st.publisher.topology();
-        if self.broker.is_none() && (self.tick == 1 || self.tick % BROKER_RETRY_TICKS == 0) {
+        if self.broker.is_none() && (self.tick == 1 || self.tick.is_multiple_of(BROKER_RETRY_TICKS))
+        {
             match broker::open(&self.st.config.rabbitmq, topology).await {
                 Ok(b) => self.broker = Some(b),
                 Err(e) => tracing::debug!(error = %e, "dashboard: broker unreachable"),
