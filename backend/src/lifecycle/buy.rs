@@ -42,6 +42,9 @@
 //! in the same step, and the buy reports what it did to them ([`Effect`])
 //! so the edge can settle its count. `None` means the buy cannot tell (the
 //! reserve's reply was lost).
+//!
+//! Every buy's end is also counted in process ([`Outcomes`], on the
+//! [`Lifecycle`]) for the operator's live dashboard.
 
 use std::{
     sync::{
