@@ -8,7 +8,8 @@
 //! API accepts buys, then by the background drainer and replayer).
 //!
 //! Shutdown order: stop accepting and finish in-flight requests (every buy
-//! ends confirmed, spooled, journaled or released), then stop the spool
+//! ends confirmed, spooled, journaled or released; event streams end at
+//! once), then stop the spool
 //! drainer, the journal replayer (what they hold stays on disk), the writer,
 //! which commits and acks the batch in hand, and the lifecycle jobs; all
 //! within the configured grace period.
@@ -144,6 +145,7 @@ impl Application {
             config: config.clone(),
             lifecycle: lc.clone(),
             durable,
+            stopping: CancellationToken::new(),
         };
         let workers = config
             .writer
@@ -220,8 +222,13 @@ impl Application {
         telemetry::metrics_handle();
 
         let app = routes::router(self.state.clone());
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let stopping = self.state.stopping.clone();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            // Event streams end now, so their connections do not hold up
+            // the drain.
+            stopping.cancel();
+        });
         let served = server.await;
         tracing::info!("api server stopped accepting; in-flight requests finished");
 

@@ -42,8 +42,17 @@
 //! in the same step, and the buy reports what it did to them ([`Effect`])
 //! so the edge can settle its count. `None` means the buy cannot tell (the
 //! reserve's reply was lost).
+//!
+//! Every buy's end is also counted in process ([`Outcomes`], on the
+//! [`Lifecycle`]) for the operator's live dashboard.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -158,12 +167,13 @@ pub async fn buy(
     durable: Durable,
     req: Buy,
 ) -> BuyResult {
+    let outcomes = lc.outcomes.clone();
     let task = tokio::spawn(async move {
         let mut permit = None;
         let outcome = run(&lc, &publisher, &durable, &req, &mut permit).await;
         BuyResult { outcome, permit }
     });
-    match task.await {
+    let result = match task.await {
         Ok(r) => r,
         Err(e) => BuyResult {
             outcome: Err(BuyError::Store(StoreError::Protocol(format!(
@@ -171,6 +181,86 @@ pub async fn buy(
             )))),
             permit: None,
         },
+    };
+    outcomes.record(&result.outcome);
+    result
+}
+
+/// How many buys of this process ended which way, since it started: what
+/// the operator's dashboard turns into outcomes per second. (The metrics
+/// recorder cannot be read back in process, and the dashboard must not
+/// depend on a scrape.)
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    reserved: AtomicU64,
+    sold_out: AtomicU64,
+    rate_limited: AtomicU64,
+    over_limit: AtomicU64,
+    unavailable: AtomicU64,
+    other: AtomicU64,
+}
+
+/// A reading of [`Outcomes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutcomeCounts {
+    /// Accepted or journaled: units held for the buyer.
+    pub reserved: u64,
+    /// Nothing (or not enough) left.
+    pub sold_out: u64,
+    /// Every free unit held for buyers on their way: asked to retry.
+    pub rate_limited: u64,
+    /// Over the per-user limit, or holding another attempt.
+    pub over_limit: u64,
+    /// A store, the queue or the local disk failed: nothing held.
+    pub unavailable: u64,
+    /// Not on sale, not started, ended, or a repeated attempt.
+    pub other: u64,
+}
+
+impl Outcomes {
+    fn record(&self, outcome: &Result<Bought, BuyError>) {
+        let counter = match outcome {
+            Ok(Bought::Accepted { .. } | Bought::Journaled { .. }) => &self.reserved,
+            Ok(Bought::Retry { .. }) => &self.other,
+            Err(BuyError::SoldOut | BuyError::Insufficient { .. }) => &self.sold_out,
+            Err(BuyError::Held { .. }) => &self.rate_limited,
+            Err(BuyError::Limit { .. }) => &self.over_limit,
+            Err(BuyError::NotOnSale | BuyError::NotStarted { .. } | BuyError::Ended) => &self.other,
+            Err(
+                BuyError::Rebuilding
+                | BuyError::QueueUnavailable
+                | BuyError::JournalFull
+                | BuyError::NotDurable(_)
+                | BuyError::Unanswered(_)
+                | BuyError::Store(_),
+            ) => &self.unavailable,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> OutcomeCounts {
+        OutcomeCounts {
+            reserved: self.reserved.load(Ordering::Relaxed),
+            sold_out: self.sold_out.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            over_limit: self.over_limit.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl OutcomeCounts {
+    /// What changed since `earlier`.
+    pub fn since(&self, earlier: &OutcomeCounts) -> OutcomeCounts {
+        OutcomeCounts {
+            reserved: self.reserved.saturating_sub(earlier.reserved),
+            sold_out: self.sold_out.saturating_sub(earlier.sold_out),
+            rate_limited: self.rate_limited.saturating_sub(earlier.rate_limited),
+            over_limit: self.over_limit.saturating_sub(earlier.over_limit),
+            unavailable: self.unavailable.saturating_sub(earlier.unavailable),
+            other: self.other.saturating_sub(earlier.other),
+        }
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Lifecycle {
     /// What the buy path knows of items without Redis (for journaling),
     /// read from the database and kept a few seconds.
     pub item_facts: moka::future::Cache<(i64, i64), Option<buy::ItemFacts>>,
+    /// How this process's buys ended, for the operator's dashboard.
+    pub outcomes: Arc<buy::Outcomes>,
 }
 
 impl Lifecycle {
@@ -71,6 +73,7 @@ impl Lifecycle {
                 .max_capacity(10_000)
                 .time_to_live(std::time::Duration::from_secs(5))
                 .build(),
+            outcomes: Arc::default(),
         })
     }
 }

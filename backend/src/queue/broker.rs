@@ -3,7 +3,8 @@
 //! declared on it (declaring is idempotent, so every user declares what it
 //! relies on). The publisher, the order writer, the expiry consumer and the
 //! dead-letter tools all open their channels here; what they do on the
-//! channel (confirms, prefetch, consuming) stays theirs.
+//! channel (confirms, prefetch, consuming) stays theirs; [`ready_count`]
+//! reads a queue's depth for the dashboard.
 
 use std::time::Duration;
 
@@ -40,4 +41,21 @@ pub async fn open(cfg: &RabbitConfig, topology: &Topology) -> Result<BrokerChann
         Ok(r) => Ok(r?),
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
+}
+
+/// Messages ready in the queue `name` (a passive declare: it neither
+/// creates nor changes the queue; a missing queue is an error and closes
+/// the channel).
+pub async fn ready_count(channel: &Channel, name: &str) -> lapin::Result<u32> {
+    let q = channel
+        .queue_declare(
+            lapin::types::ShortString::from(name.to_owned()),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
 }

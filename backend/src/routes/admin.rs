@@ -42,7 +42,7 @@ pub async fn create_round(
     Ok((StatusCode::CREATED, Json(admin_round(&r))))
 }
 
-async fn load(st: &AppState, round: &str) -> Result<RoundWithItems, ApiError> {
+pub(super) async fn load(st: &AppState, round: &str) -> Result<RoundWithItems, ApiError> {
     let id = path_id(round)?;
     rounds::get(&st.db, id)
         .await?
@@ -185,12 +185,23 @@ pub async fn stock(
 ) -> Result<Json<Value>, ApiError> {
     let round_id = path_id(&round)?;
     let item_id = path_id(&item)?;
-    let c = st
-        .sale
-        .counters(round_id, item_id)
+    item_stock(&st, round_id, item_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound("item not preheated".into()))?;
-    Ok(Json(json!({
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("item not preheated".into()))
+}
+
+/// An item's live counters from Redis as the admin API shows them
+/// (`None`: the item is not preheated).
+pub(super) async fn item_stock(
+    st: &AppState,
+    round_id: i64,
+    item_id: i64,
+) -> Result<Option<Value>, ApiError> {
+    let Some(c) = st.sale.counters(round_id, item_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(json!({
         "round_id": round_id,
         "item_id": item_id,
         "total": c.total,

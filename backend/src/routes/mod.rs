@@ -1,11 +1,14 @@
 //! HTTP routes: thin handlers that parse, call the domain and storage, and
 //! map results to responses. Buyer paths live under `/api`, operator paths
-//! under `/admin` (not exposed through the edge by default).
+//! under `/admin` (not exposed through the edge by default), with the
+//! operator's web console at `/admin/console/`.
 
 pub mod admin;
 pub mod attempts;
 pub mod buy;
+pub mod console;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod orders;
 pub mod rounds;
@@ -42,6 +45,9 @@ pub struct AppState {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// This process's buy journal and order spool.
     pub durable: crate::durable::Durable,
+    /// Cancelled when the server starts its graceful shutdown: endless
+    /// responses (the dashboard's event stream) end then.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The API router with its middleware.
@@ -73,6 +79,8 @@ pub fn router(state: AppState) -> Router {
             "/admin/rounds/{round_id}/items/{item_id}/stock",
             get(admin::stock),
         )
+        .route("/admin/rounds/{round_id}/events", get(events::stream))
+        .merge(console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(fallback)

@@ -327,6 +327,21 @@ impl TestApp {
         (self.config.clone(), pages)
     }
 
+    /// Starts a graceful shutdown and waits for the app to finish it (10 s
+    /// at most); returns how long it took. The stores stay for `teardown`.
+    pub async fn shut_down(&mut self) -> Duration {
+        let start = tokio::time::Instant::now();
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("the app stops within 10 s")
+                .expect("the app task ends")
+                .expect("the app ran cleanly");
+        }
+        start.elapsed()
+    }
+
     /// Stops the app and removes what the test created.
     pub async fn teardown(mut self) {
         self.shutdown.cancel();

@@ -7,6 +7,7 @@ mod bad_input;
 mod buy;
 #[path = "../common/mod.rs"]
 mod common;
+mod console;
 mod degraded;
 mod faults;
 mod helpers;
