@@ -261,34 +261,45 @@ impl Link {
         };
         let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pending = Vec::with_capacity(group.len());
-        let mut jobs = group.into_iter();
-        for job in jobs.by_ref() {
-            let sent = tokio::time::timeout_at(
-                deadline,
-                channel.basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(job.queue.as_str()),
-                    mandatory(),
-                    &job.payload,
-                    job.props.clone(),
-                ),
+        // Every publish of the group is queued on the channel at once (in
+        // order: each is queued when first polled), then awaited together.
+        let (replies, jobs): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|j| (j.reply, (j.queue, j.payload, j.props)))
+            .unzip();
+        let sends = jobs.iter().map(|(queue, payload, props)| {
+            channel.basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue.as_str()),
+                mandatory(),
+                payload,
+                props.clone(),
             )
-            .await;
-            match sent {
-                Ok(Ok(confirm)) => pending.push((job.reply, confirm)),
-                failed => {
-                    let e = match failed {
-                        Ok(Err(e)) => PublishError::Amqp(e),
-                        _ => PublishError::Timeout(timeout),
-                    };
-                    self.invalidate(&channel).await;
-                    let _ = job.reply.send(Err(e.clone()));
-                    for rest in jobs.by_ref() {
-                        let _ = rest.reply.send(Err(e.clone()));
+        });
+        let sent = tokio::time::timeout_at(deadline, join_all(sends)).await;
+        let mut pending = Vec::with_capacity(replies.len());
+        match sent {
+            Ok(results) => {
+                let mut failed = false;
+                for (reply, r) in replies.into_iter().zip(results) {
+                    match r {
+                        Ok(confirm) => pending.push((reply, confirm)),
+                        Err(e) => {
+                            failed = true;
+                            let _ = reply.send(Err(PublishError::Amqp(e)));
+                        }
                     }
-                    break;
                 }
+                if failed {
+                    self.invalidate(&channel).await;
+                }
+            }
+            Err(_) => {
+                self.invalidate(&channel).await;
+                for reply in replies {
+                    let _ = reply.send(Err(PublishError::Timeout(timeout)));
+                }
+                return;
             }
         }
         if pending.is_empty() {
