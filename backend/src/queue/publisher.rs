@@ -9,13 +9,14 @@
 //! failure the next publish reconnects, at most once per back-off interval,
 //! so a broker outage costs each buy one fast failure instead of a timeout.
 //!
-//! Group commit: publishes that arrive together are sent as a group by one
-//! task (up to `rabbitmq.publish_batch` messages, gathered for at most
-//! `rabbitmq.publish_window_us` after the first), pipelined on the channel,
-//! and their confirms awaited together under one deadline while the next
-//! group is already being sent. Each caller still gets the outcome of its
-//! own message's confirm; a group whose confirms do not come in time fails
-//! every publish in it. `publish_batch = 1` publishes each message alone.
+//! Group commit (with `rabbitmq.publish_batch` above 1; the default, 1,
+//! publishes each message alone from its caller's task): publishes that
+//! arrive together are sent as a group by one task (gathered for at most
+//! `rabbitmq.publish_window_us` after the first), queued on the channel at
+//! once, and their confirms awaited together under one deadline while the
+//! next group is already being sent. Each caller still gets the outcome of
+//! its own message's confirm; a group whose confirms do not come in time
+//! fails every publish in it.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

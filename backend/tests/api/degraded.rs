@@ -390,7 +390,9 @@ async fn a_publish_group_whose_confirms_never_come_releases_every_reservation_in
         amqp_url: Some(format!("amqp://guest:guest@{}/%2f", proxy.addr)),
         tweak: Some(Box::new(|c| {
             c.rabbitmq.confirm_timeout_ms = 600;
-            // Long enough that buys sent together form one group.
+            // Groups, and a window long enough that buys sent together
+            // form one.
+            c.rabbitmq.publish_batch = 256;
             c.rabbitmq.publish_window_us = 10_000;
         })),
         ..Default::default()
