@@ -144,6 +144,11 @@ impl Application {
             config: config.clone(),
             lifecycle: lc.clone(),
             durable,
+            tickets: config.tickets.enabled.then(|| {
+                Arc::new(seckill_proto::ticket::TicketKeys::new(
+                    config.tickets.secret.as_bytes(),
+                ))
+            }),
         };
         let workers = config
             .writer
@@ -220,8 +225,11 @@ impl Application {
         telemetry::metrics_handle();
 
         let app = routes::router(self.state.clone());
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await;
         tracing::info!("api server stopped accepting; in-flight requests finished");
 

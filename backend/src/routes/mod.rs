@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod orders;
 pub mod rounds;
+pub mod tickets;
 
 use std::{sync::Arc, time::Instant};
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// This process's buy journal and order spool.
     pub durable: crate::durable::Durable,
+    /// The purchase-ticket keys; `None` when `tickets.enabled` is off.
+    pub tickets: Option<Arc<seckill_proto::ticket::TicketKeys>>,
 }
 
 /// The API router with its middleware.
@@ -50,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/time", get(time))
         .route("/api/rounds", get(rounds::list))
         .route("/api/rounds/{round_id}/items/{item_id}/buy", post(buy::buy))
+        .route(
+            "/api/rounds/{round_id}/items/{item_id}/ticket",
+            post(tickets::issue),
+        )
         .route("/api/attempts/{attempt_id}", get(attempts::get))
         .route("/api/orders/{order_id}/pay", post(orders::pay))
         .route("/admin/dead-letters", get(admin::dead_letters))
