@@ -4,7 +4,7 @@
 //!
 //! This module owns the file format and its validation; it does no I/O beyond
 //! reading the file. Secrets are never printed: [`Config`]'s `Debug` hides the
-//! token secret.
+//! token and ticket secrets.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -32,6 +32,7 @@ pub struct Config {
     pub pages: PagesConfig,
     pub clock: ClockConfig,
     pub durability: DurabilityConfig,
+    pub tickets: TicketsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -233,6 +234,59 @@ pub struct ClockConfig {
     /// Shifts this node's clock (sale windows, pay-by times, expiry) by
     /// this many milliseconds; 0 in production. For testing skewed nodes.
     pub offset_ms: i64,
+}
+
+/// Purchase tickets (`seckill_proto::ticket`): when enabled a buy must
+/// carry a ticket asked for shortly before the sale starts. `Debug` never
+/// shows the secret.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsConfig {
+    /// Require a ticket on every buy and answer ticket requests.
+    pub enabled: bool,
+    /// The HMAC-SHA256 secret shared with the edge (at least 16 bytes;
+    /// required when enabled). Each round's key is derived from it.
+    pub secret: String,
+    /// How long before a round's start tickets are handed out, in ms.
+    pub lead_ms: u64,
+    /// How long a ticket is valid after it was issued, in ms (never past
+    /// the round's end).
+    pub ttl_ms: u64,
+    /// Ticket requests one buyer may make per item per `limit_window_ms`.
+    pub per_user_limit: u64,
+    /// Ticket requests one client address may make per item per
+    /// `limit_window_ms`.
+    pub per_client_limit: u64,
+    /// The window of both request limits, in ms.
+    pub limit_window_ms: u64,
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            secret: String::new(),
+            lead_ms: 2_000,
+            ttl_ms: 30_000,
+            per_user_limit: 5,
+            per_client_limit: 50,
+            limit_window_ms: 10_000,
+        }
+    }
+}
+
+impl fmt::Debug for TicketsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketsConfig")
+            .field("enabled", &self.enabled)
+            .field("secret", &"<hidden>")
+            .field("lead_ms", &self.lead_ms)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("per_user_limit", &self.per_user_limit)
+            .field("per_client_limit", &self.per_client_limit)
+            .field("limit_window_ms", &self.limit_window_ms)
+            .finish()
+    }
 }
 
 /// Largest `clock.offset_ms` either way (one day).
@@ -538,11 +592,43 @@ impl Config {
         if d.direct_after_ms == 0 {
             return Err(invalid("durability.direct_after_ms", "must be positive"));
         }
+        self.validate_tickets()?;
         if self.clock.offset_ms.abs() > MAX_CLOCK_OFFSET_MS {
             return Err(invalid(
                 "clock.offset_ms",
                 "at most one day (86400000) either way",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_tickets(&self) -> Result<(), ConfigError> {
+        let t = &self.tickets;
+        if !t.enabled {
+            return Ok(());
+        }
+        seckill_proto::ticket::validate_secret(&t.secret)
+            .map_err(|r| invalid("tickets.secret", r))?;
+        if t.secret == seckill_proto::auth::DEV_SECRET && !self.auth.allow_dev_secret {
+            return Err(invalid(
+                "tickets.secret",
+                "is the development secret shipped with Seckill: set a secret of your own",
+            ));
+        }
+        if t.lead_ms > 3_600_000 {
+            return Err(invalid("tickets.lead_ms", "at most 3600000 (one hour)"));
+        }
+        if t.ttl_ms == 0 || t.ttl_ms > 3_600_000 {
+            return Err(invalid("tickets.ttl_ms", "1-3600000 (one hour)"));
+        }
+        if t.per_user_limit == 0 || t.per_client_limit == 0 {
+            return Err(invalid(
+                "tickets",
+                "per_user_limit and per_client_limit must be positive",
+            ));
+        }
+        if t.limit_window_ms == 0 || t.limit_window_ms > 3_600_000 {
+            return Err(invalid("tickets.limit_window_ms", "1-3600000 (one hour)"));
         }
         Ok(())
     }
@@ -584,6 +670,7 @@ impl fmt::Debug for Config {
             .field("pages", &self.pages)
             .field("clock", &self.clock)
             .field("durability", &self.durability)
+            .field("tickets", &self.tickets)
             .finish()
     }
 }
@@ -686,7 +773,28 @@ mod tests {
 
     #[test]
     fn debug_hides_secret() {
-        let s = format!("{:?}", Config::default());
+        let mut c = Config::default();
+        c.tickets.secret = "ticket-secret-of-some-length".into();
+        let s = format!("{c:?}");
         assert!(!s.contains("dev-only-secret"));
+        assert!(!s.contains("ticket-secret"));
+    }
+
+    #[test]
+    fn enabled_tickets_need_a_secret() {
+        let mut c = Config::default();
+        c.auth.allow_dev_secret = true;
+        c.tickets.enabled = true;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "tickets.secret",
+                ..
+            })
+        ));
+        c.tickets.secret = "ticket-secret-of-some-length".into();
+        c.validate().unwrap();
+        c.tickets.ttl_ms = 0;
+        assert!(c.validate().is_err());
     }
 }

@@ -146,6 +146,11 @@ impl Application {
             lifecycle: lc.clone(),
             durable,
             stopping: CancellationToken::new(),
+            tickets: config.tickets.enabled.then(|| {
+                Arc::new(seckill_proto::ticket::TicketKeys::new(
+                    config.tickets.secret.as_bytes(),
+                ))
+            }),
         };
         let workers = config
             .writer
@@ -223,7 +228,11 @@ impl Application {
 
         let app = routes::router(self.state.clone());
         let stopping = self.state.stopping.clone();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        let server = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
             // Event streams end now, so their connections do not hold up
             // the drain.

@@ -43,6 +43,7 @@ pub struct Config {
     pub lua: LuaConfig,
     pub upstream: UpstreamConfig,
     pub permits: PermitsConfig,
+    pub tickets: TicketsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -157,6 +158,27 @@ pub struct PermitsConfig {
     pub redis_timeout_ms: u64,
 }
 
+/// Purchase tickets, as the backend's `[tickets]`: with `enabled` a buy
+/// without a valid ticket is refused here. `Debug` never shows the secret.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsConfig {
+    /// Refuse buys that carry no valid ticket (`crate::tickets`).
+    pub enabled: bool,
+    /// The backend's `tickets.secret` (at least 16 bytes; required when
+    /// enabled).
+    pub secret: String,
+}
+
+impl fmt::Debug for TicketsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketsConfig")
+            .field("enabled", &self.enabled)
+            .field("secret", &"<hidden>")
+            .finish()
+    }
+}
+
 impl PermitsConfig {
     pub fn settings(&self) -> crate::permits::Settings {
         crate::permits::Settings {
@@ -251,6 +273,7 @@ impl fmt::Debug for Config {
             .field("lua", &self.lua)
             .field("upstream", &self.upstream)
             .field("permits", &self.permits)
+            .field("tickets", &self.tickets)
             .finish()
     }
 }
@@ -400,6 +423,15 @@ impl Config {
         }
         if self.pages.max_file_bytes == 0 {
             return bad("pages.max_file_bytes must be positive".into());
+        }
+        if self.tickets.enabled {
+            if let Err(reason) = seckill_proto::ticket::validate_secret(&self.tickets.secret) {
+                return bad(format!("tickets.secret {reason}"));
+            }
+            if self.tickets.secret == seckill_proto::auth::DEV_SECRET && !self.auth.allow_dev_secret
+            {
+                return bad("tickets.secret is the development secret shipped with Seckill".into());
+            }
         }
         Ok(())
     }

@@ -11,6 +11,8 @@
 //!   escape from the pages directory).
 //! - [`clock`]: `GET /api/time`.
 //! - [`identity`]: client address (trusted proxies) and bearer tokens.
+//! - [`tickets`]: the purchase-ticket check of buys (`[tickets]`), before
+//!   the Lua access phase.
 //! - [`access`]: the Lua access and log phases on nginx-compat, one VM per
 //!   worker thread, hot reload after a trial run.
 //! - [`rate`]: node-wide token buckets the access script calls.
@@ -29,4 +31,5 @@ pub mod proxy;
 pub mod rate;
 pub mod server;
 pub mod static_files;
+pub mod tickets;
 pub mod upstream;

@@ -27,7 +27,10 @@ use pingora::{
     prelude::*,
     proxy::{FailToProxy, ProxyHttp, Session},
 };
-use seckill_proto::permit;
+use seckill_proto::{
+    permit,
+    ticket::{self, TicketError},
+};
 use serde_json::json;
 
 use crate::{
@@ -37,6 +40,7 @@ use crate::{
     metrics::Metrics,
     permits::{Effect, Permit, Permits},
     static_files::{StaticFiles, StaticReply},
+    tickets::TicketGate,
     upstream::{InFlight, Upstreams},
 };
 
@@ -126,6 +130,8 @@ pub struct Edge {
     pub max_body_bytes: usize,
     /// `http.access_log`: one `info` line per request.
     pub access_log: bool,
+    /// `[tickets]`: the purchase-ticket check of buys, when enabled.
+    pub tickets: Option<TicketGate>,
 }
 
 /// A JSON error body in the contract's shape.
@@ -436,6 +442,32 @@ impl Edge {
                     respond_json(session, 401, error_body("unauthorized", &e.to_string())).await?;
                     return Ok(true);
                 }
+            }
+        }
+
+        // The purchase ticket, before Lua takes anything for the buy.
+        if let Some(gate) = &self.tickets
+            && ctx.route == Route::Buy
+            && req.method == http::Method::POST
+        {
+            let refused = match &ctx.user {
+                None => Some((401, "unauthorized", "missing bearer token".to_owned())),
+                Some((user, _)) => {
+                    let ticket = req.headers.get(ticket::HEADER).map(|v| v.to_str());
+                    let verdict = match ticket {
+                        Some(Err(_)) => Err(TicketError::Malformed),
+                        Some(Ok(t)) => gate.check(req.uri.path(), user, Some(t)),
+                        None => gate.check(req.uri.path(), user, None),
+                    };
+                    verdict.err().map(|e| (403, e.code(), e.to_string()))
+                }
+            };
+            if let Some((status, code, message)) = refused {
+                ctx.answered = Some("ticket");
+                ctx.reason = Some(code.to_owned());
+                self.metrics.rejection(code);
+                respond_json(session, status, error_body(code, &message)).await?;
+                return Ok(true);
             }
         }
 

@@ -24,6 +24,7 @@ use crate::{
     permits::{LeaseClient, Permits},
     proxy::Edge,
     static_files::StaticFiles,
+    tickets::TicketGate,
     upstream::Upstreams,
 };
 
@@ -146,6 +147,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         read_timeout: Duration::from_millis(cfg.upstream.read_timeout_ms),
         max_body_bytes: cfg.lua.max_body_bytes,
         access_log: cfg.http.access_log,
+        tickets: cfg
+            .tickets
+            .enabled
+            .then(|| TicketGate::new(cfg.tickets.secret.as_bytes())),
     };
 
     let conf = ServerConf {

@@ -235,15 +235,22 @@ pub struct OrdersArgs {
     /// Rows per insert statement / writer batch.
     #[arg(long, default_value_t = 200)]
     pub batch: usize,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Queue the `writer` mode creates (and deletes afterwards).
+    #[arg(long)]
+    pub queue: Option<String>,
+}
+
+/// The RabbitMQ the benchmarks that publish use.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
     #[arg(
         long,
         env = "SECKILL__RABBITMQ__URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
-    /// Queue the `writer` mode creates (and deletes afterwards).
-    #[arg(long)]
-    pub queue: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -257,12 +264,8 @@ pub struct ConfirmsArgs {
     /// Seconds at most.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    #[arg(
-        long,
-        env = "SECKILL__RABBITMQ__URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Queue to create (and delete afterwards).
     #[arg(long)]
     pub queue: Option<String>,
@@ -397,7 +400,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Confirms(a) => {
             let opts = crate::confirms::ConfirmsOptions {
-                amqp_url: a.amqp_url.clone(),
+                amqp_url: a.broker.amqp_url.clone(),
                 queue: a.queue.clone().unwrap_or_else(|| {
                     format!(
                         "seckill.bench.confirms.{}",
@@ -421,7 +424,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 database_url: c.database_url.clone(),
                 rows: a.rows,
                 batch: a.batch,
-                amqp_url: a.amqp_url.clone(),
+                amqp_url: a.broker.amqp_url.clone(),
                 redis_url: c.redis_url.clone(),
                 redis_prefix: c.redis_prefix.clone(),
                 queue: a.queue.clone().unwrap_or_else(|| {

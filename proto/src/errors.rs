@@ -6,6 +6,12 @@
 pub const CODES: &[(&str, u16)] = &[
     (UNAUTHORIZED, 401),
     (FORBIDDEN, 403),
+    (TICKET_REQUIRED, 403),
+    (TICKET_INVALID, 403),
+    (TICKET_EXPIRED, 403),
+    (TICKET_OTHER_USER, 403),
+    (TICKET_OTHER_ITEM, 403),
+    (TICKET_USED, 403),
     (NOT_FOUND, 404),
     (BAD_REQUEST, 400),
     (UNSUPPORTED_MEDIA_TYPE, 415),
@@ -24,6 +30,18 @@ pub const CODES: &[(&str, u16)] = &[
 
 pub const UNAUTHORIZED: &str = "unauthorized";
 pub const FORBIDDEN: &str = "forbidden";
+/// A buy without a purchase ticket where tickets are required.
+pub const TICKET_REQUIRED: &str = "ticket_required";
+/// A ticket that is malformed or whose signature does not match.
+pub const TICKET_INVALID: &str = "ticket_invalid";
+/// A ticket past its expiry: ask for a new one.
+pub const TICKET_EXPIRED: &str = "ticket_expired";
+/// A ticket issued to another buyer.
+pub const TICKET_OTHER_USER: &str = "ticket_other_user";
+/// A ticket issued for another round or item.
+pub const TICKET_OTHER_ITEM: &str = "ticket_other_item";
+/// A ticket that already bought once.
+pub const TICKET_USED: &str = "ticket_used";
 pub const NOT_FOUND: &str = "not_found";
 pub const BAD_REQUEST: &str = "bad_request";
 pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";

@@ -474,7 +474,7 @@ async fn journal_buy(
 }
 
 /// An item's stock, window and limit from the database (cached briefly).
-async fn item_facts(
+pub(crate) async fn item_facts(
     lc: &Lifecycle,
     round_id: i64,
     item_id: i64,

@@ -7,6 +7,12 @@
 //! was refused before reaching Redis), except when that is unknown (the
 //! reserve's reply was lost): the edge then renews its lease instead.
 //!
+//! When `tickets.enabled` is on, a buy must carry its purchase ticket in
+//! [`ticket::HEADER`] (`x-seckill-ticket`): checked first (after the
+//! bearer token), spent once the request is otherwise valid, given back
+//! when the buy is refused with nothing reserved for a reason a retry may
+//! get past ([`gives_ticket_back`]).
+//!
 //! A buy journaled while Redis is away answers `202 {"status":
 //! "processing"}` with `kept` (the reserve did not run; the journal's
 //! replay runs it later without a permit) — or no permit header when a
@@ -18,14 +24,17 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use seckill_proto::permit::{self, EdgePermit, Effect};
+use seckill_proto::{
+    permit::{self, EdgePermit, Effect},
+    ticket,
+};
 use serde_json::{Map, json};
 
 use super::{
     AppState,
     error::ApiError,
     extract::{Caller, JsonBody},
-    path_id,
+    path_id, tickets,
 };
 use crate::{
     domain::{AttemptStatus, BuyRequest, buy::BuyBody},
@@ -73,6 +82,15 @@ async fn buy_inner(
     body: Option<BuyBody>,
     effect: &mut Option<Effect>,
 ) -> Result<Response, ApiError> {
+    let round_id = path_id(round)?;
+    let item_id = path_id(item)?;
+    let ticket = tickets::check(
+        st,
+        headers.get(ticket::HEADER),
+        &claims.sub,
+        round_id,
+        item_id,
+    )?;
     let permit = match headers.get(permit::REQUEST_HEADER) {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(EdgePermit::parse).ok_or_else(|| {
@@ -82,8 +100,6 @@ async fn buy_inner(
             ))
         })?),
     };
-    let round_id = path_id(round)?;
-    let item_id = path_id(item)?;
     let req = BuyRequest::parse(
         body.unwrap_or(BuyBody { qty: None }),
         st.config.sale.max_qty,
@@ -110,6 +126,9 @@ async fn buy_inner(
         idempotency_key,
         permit,
     };
+    if let Some(t) = &ticket {
+        tickets::spend(st, t).await?;
+    }
     let done = buy::buy(
         st.lifecycle.clone(),
         st.publisher.clone(),
@@ -118,6 +137,11 @@ async fn buy_inner(
     )
     .await;
     *effect = done.permit;
+    if let (Some(t), Err(e)) = (&ticket, &done.outcome)
+        && gives_ticket_back(e)
+    {
+        tickets::give_back(st, t).await;
+    }
     match done.outcome {
         Ok(Bought::Accepted { attempt_id }) => {
             tracing::Span::current().record("attempt_id", attempt_id.as_str());
@@ -149,6 +173,20 @@ async fn buy_inner(
         }
         Err(e) => Err(refusal(e)),
     }
+}
+
+/// Refusals that reserved nothing and that a retry of the same buy may get
+/// past: its ticket is not spent by them.
+fn gives_ticket_back(e: &BuyError) -> bool {
+    matches!(
+        e,
+        BuyError::NotStarted { .. }
+            | BuyError::Held { .. }
+            | BuyError::Rebuilding
+            | BuyError::QueueUnavailable
+            | BuyError::JournalFull
+            | BuyError::NotDurable(_)
+    )
 }
 
 /// Marks the answer of a journaled buy (for the metrics' outcome label).

@@ -9,6 +9,8 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
+use seckill_proto::ticket::TicketError;
+
 use crate::{auth::TokenError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,11 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A buy's purchase ticket refused (403, the refusal's own code).
+    #[error("{0}")]
+    Ticket(TicketError),
+    #[error("the purchase ticket was already used; ask for a new one")]
+    TicketUsed,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -65,6 +72,8 @@ impl ApiError {
         match self {
             Self::Unauthorized(_) => e::UNAUTHORIZED,
             Self::Forbidden(_) => e::FORBIDDEN,
+            Self::Ticket(t) => t.code(),
+            Self::TicketUsed => e::TICKET_USED,
             Self::NotFound(_) => e::NOT_FOUND,
             Self::BadRequest(_) => e::BAD_REQUEST,
             Self::UnsupportedMediaType => e::UNSUPPORTED_MEDIA_TYPE,
@@ -85,7 +94,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Ticket(_) | Self::TicketUsed => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -110,6 +119,12 @@ impl ApiError {
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         Self::Unauthorized(e.to_string())
+    }
+}
+
+impl From<TicketError> for ApiError {
+    fn from(e: TicketError) -> Self {
+        Self::Ticket(e)
     }
 }
 
@@ -169,6 +184,13 @@ mod tests {
         let all = [
             ApiError::Unauthorized(String::new()),
             ApiError::Forbidden(String::new()),
+            ApiError::Ticket(TicketError::Missing),
+            ApiError::Ticket(TicketError::Malformed),
+            ApiError::Ticket(TicketError::BadSignature),
+            ApiError::Ticket(TicketError::Expired),
+            ApiError::Ticket(TicketError::OtherUser),
+            ApiError::Ticket(TicketError::OtherItem),
+            ApiError::TicketUsed,
             ApiError::NotFound(String::new()),
             ApiError::BadRequest(String::new()),
             ApiError::UnsupportedMediaType,

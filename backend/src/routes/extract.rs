@@ -1,9 +1,12 @@
 //! Request extractors that answer with [`ApiError`] JSON: the caller's
-//! verified identity, an admin caller, and a size-limited JSON body.
+//! verified identity, an admin caller, the client's address, and a
+//! size-limited JSON body.
+
+use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     body::Body,
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::{header, request::Parts},
 };
 use serde::de::DeserializeOwned;
@@ -50,6 +53,31 @@ impl FromRequestParts<AppState> for Approver {
             return Err(ApiError::Forbidden("an approver token is required".into()));
         }
         Ok(Approver(c))
+    }
+}
+
+/// The client's address: `X-Real-IP` as the edge sets it (the edge
+/// always replaces a client's own copy; the backend is reached through
+/// edges only), else the TCP peer.
+pub struct ClientAddr(pub String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let forwarded = parts
+            .headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientAddr(
+            forwarded
+                .or(peer)
+                .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+        ))
     }
 }
 

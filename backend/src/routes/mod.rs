@@ -12,6 +12,7 @@ pub mod events;
 pub mod extract;
 pub mod orders;
 pub mod rounds;
+pub mod tickets;
 
 use std::{sync::Arc, time::Instant};
 
@@ -48,6 +49,8 @@ pub struct AppState {
     /// Cancelled when the server starts its graceful shutdown: endless
     /// responses (the dashboard's event stream) end then.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The purchase-ticket keys; `None` when `tickets.enabled` is off.
+    pub tickets: Option<Arc<seckill_proto::ticket::TicketKeys>>,
 }
 
 /// The API router with its middleware.
@@ -56,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/time", get(time))
         .route("/api/rounds", get(rounds::list))
         .route("/api/rounds/{round_id}/items/{item_id}/buy", post(buy::buy))
+        .route(
+            "/api/rounds/{round_id}/items/{item_id}/ticket",
+            post(tickets::issue),
+        )
         .route("/api/attempts/{attempt_id}", get(attempts::get))
         .route("/api/orders/{order_id}/pay", post(orders::pay))
         .route("/admin/dead-letters", get(admin::dead_letters))

@@ -14,6 +14,10 @@
 //! - `<prefix>:{r1:i2}:journaled:<attempt id>` — hash: user, qty, status
 //!   (`cancelled`), reason, created_ms — a journaled buy the replay refused
 //!   (expires after a week)
+//! - `<prefix>:{r1:i2}:ticket:<ticket id>` — string: the user whose buy
+//!   spent that purchase ticket (expires with the ticket)
+//! - `<prefix>:{r1:i2}:ticket_req:u:<user>`, `:ticket_req:a:<address>` —
+//!   counters of ticket requests in the current limit window
 //! - `<prefix>:{r1:i2}:leases`, `:lease_exp`, `:lease_gen` — hashes: the
 //!   edge nodes' permit leases (`lua/redis/permits.lua`; the edge leases
 //!   with the same keys)
@@ -78,6 +82,21 @@ impl ItemKeys {
         format!("{}:attempt:{attempt_id}", self.base)
     }
 
+    /// Set once the purchase ticket `ticket_id` bought.
+    pub fn ticket_used(&self, ticket_id: &str) -> String {
+        format!("{}:ticket:{ticket_id}", self.base)
+    }
+
+    /// Ticket requests of one buyer in the current window.
+    pub fn ticket_requests_of_user(&self, user: &str) -> String {
+        format!("{}:ticket_req:u:{user}", self.base)
+    }
+
+    /// Ticket requests from one client address in the current window.
+    pub fn ticket_requests_of_client(&self, addr: &str) -> String {
+        format!("{}:ticket_req:a:{addr}", self.base)
+    }
+
     /// The final answer of a journaled buy the replay refused (it never
     /// became an attempt), for its buyer to poll.
     pub fn journaled(&self, attempt_id: &str) -> String {
@@ -104,6 +123,9 @@ mod tests {
             k.lease_gen(),
             k.rebuild_lock(),
             k.attempt("a"),
+            k.ticket_used("t"),
+            k.ticket_requests_of_user("u"),
+            k.ticket_requests_of_client("127.0.0.1"),
         ] {
             assert!(key.contains("{r42:i7}"));
         }

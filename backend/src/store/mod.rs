@@ -10,6 +10,7 @@ pub mod keys;
 pub mod orders;
 pub mod rounds;
 pub mod sale;
+pub mod tickets;
 
 pub use sale::SaleStore;
 

@@ -14,4 +14,5 @@ mod helpers;
 mod lifecycle;
 mod repairs;
 mod resilience;
+mod tickets;
 mod writer;

@@ -8,4 +8,5 @@ mod lua_phases;
 mod permits;
 mod sale;
 mod static_pages;
+mod tickets;
 mod upstream;
