@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+// Every buy allocates (the request, its JSON, the order message, the
+// broker's frames); glibc's allocator spent a fifth of the buy path's
+// instructions (callgrind), mimalloc a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = seckill_backend::cli::Cli::parse();
