@@ -13,7 +13,8 @@
 //! - [`lifecycle`] — payment, expiry, the sweep, dead letters, reconciling
 //!   Redis with the database
 //! - [`payment`] — the payment-provider trait and a simulated provider
-//! - [`routes`] — thin HTTP handlers and the JSON error type
+//! - [`routes`] — thin HTTP handlers, the JSON error type, the route table
+//!   and its OpenAPI document (`GET /api/openapi.json`)
 //! - [`pages`] — static sale pages rendered at approval
 //! - [`startup`] — wiring, serving, graceful shutdown
 //! - [`cli`], [`telemetry`], [`clock`]

@@ -114,7 +114,7 @@ pub mod reason {
 }
 
 /// Where an attempt is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AttemptStatus {
     /// A journaled buy waiting for Redis: nothing reserved yet; it becomes

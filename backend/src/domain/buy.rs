@@ -3,10 +3,12 @@
 use serde::Deserialize;
 
 /// The JSON body of `POST …/buy`: `{"qty": n}`, `qty` defaulting to 1.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuyBody {
+    /// Units to buy, 1 up to the sale's and the item's limit (default 1).
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub qty: Option<serde_json::Number>,
 }
 

@@ -103,16 +103,20 @@ impl Transition {
 }
 
 /// A round as an operator submits it, before validation.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRoundBody {
     pub name: String,
+    /// RFC 3339 with an offset.
+    #[schema(value_type = String, format = DateTime)]
     pub starts_at: chrono::DateTime<chrono::FixedOffset>,
+    /// RFC 3339 with an offset; after `starts_at`.
+    #[schema(value_type = String, format = DateTime)]
     pub ends_at: chrono::DateTime<chrono::FixedOffset>,
     pub items: Vec<NewItemBody>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewItemBody {
     pub title: String,

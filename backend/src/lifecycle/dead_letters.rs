@@ -62,7 +62,7 @@ pub enum DeadLetterError {
 }
 
 /// One dead letter as listed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// `null` for a message that is not an order message.
     pub attempt_id: Option<String>,
@@ -97,7 +97,7 @@ impl Selection {
 }
 
 /// What happened to one selected dead letter.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Outcome {
     pub attempt_id: Option<String>,
     /// `replayed`, `discarded`, `order_exists` (dropped: the attempt has an

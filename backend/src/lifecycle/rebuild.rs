@@ -41,7 +41,7 @@ use crate::{
 const MAX_LISTED: usize = 50;
 
 /// Units per order status in the database.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DbTotals {
     pub orders: i64,
     pub pending_payment: i64,
@@ -51,7 +51,7 @@ pub struct DbTotals {
 }
 
 /// One item's reconciliation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ItemReport {
     pub round_id: i64,
     pub item_id: i64,

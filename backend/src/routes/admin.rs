@@ -14,22 +14,44 @@ use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{Admin, Approver, JsonBody},
     path_id,
-    rounds::admin_round,
+    rounds::{AdminRound, admin_round},
 };
 use crate::{
     domain::{NewRound, RoundStatus, Transition, round::NewRoundBody, round::TransitionError},
     lifecycle::{dead_letters, rebuild},
-    store::{rounds, rounds::RoundWithItems, sale::RestoreMode},
+    store::{
+        rounds,
+        rounds::RoundWithItems,
+        sale::{Counters, RestoreMode},
+    },
 };
 
+/// Creates a round in `draft`.
+#[utoipa::path(
+    post,
+    path = "/admin/rounds",
+    tag = "admin",
+    security(("bearer" = [])),
+    request_body(content = NewRoundBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The round created", body = AdminRound),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn create_round(
     State(st): State<AppState>,
     Admin(caller): Admin,
@@ -49,6 +71,21 @@ pub(super) async fn load(st: &AppState, round: &str) -> Result<RoundWithItems, A
         .ok_or_else(|| ApiError::NotFound("no such round".into()))
 }
 
+/// A round with its items and review state.
+#[utoipa::path(
+    get,
+    path = "/admin/rounds/{round_id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("round_id" = i64, Path, description = "The round")),
+    responses(
+        (status = 200, description = "The round", body = AdminRound),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn get_round(
     State(st): State<AppState>,
     Admin(_): Admin,
@@ -83,6 +120,22 @@ async fn change(
     load(st, round).await
 }
 
+/// Submits a draft (or rejected) round for review.
+#[utoipa::path(
+    post,
+    path = "/admin/rounds/{round_id}/submit",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("round_id" = i64, Path, description = "The round")),
+    responses(
+        (status = 200, description = "The round, submitted", body = AdminRound),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(st): State<AppState>,
     Admin(caller): Admin,
@@ -92,13 +145,34 @@ pub async fn submit(
     Ok(Json(admin_round(&r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectBody {
+    /// At most 1000 characters.
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// Rejects a submitted round, with an optional reason.
+#[utoipa::path(
+    post,
+    path = "/admin/rounds/{round_id}/reject",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("round_id" = i64, Path, description = "The round")),
+    request_body(content = Option<RejectBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The round, rejected", body = AdminRound),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an approver token, or the approver submitted the round", body = ErrorBody),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn reject(
     State(st): State<AppState>,
     Approver(caller): Approver,
@@ -122,6 +196,22 @@ pub async fn reject(
     Ok(Json(admin_round(&r)))
 }
 
+/// Approves a submitted round: the sale opens (preheated, pages rendered).
+#[utoipa::path(
+    post,
+    path = "/admin/rounds/{round_id}/approve",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("round_id" = i64, Path, description = "The round")),
+    responses(
+        (status = 200, description = "The round, approved and preheated", body = AdminRound),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an approver token, or the approver submitted the round", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn approve(
     State(st): State<AppState>,
     Approver(caller): Approver,
@@ -132,6 +222,22 @@ pub async fn approve(
     Ok(Json(admin_round(&r)))
 }
 
+/// Finishes an approved round's preheat and pages (never overwrites live counters).
+#[utoipa::path(
+    post,
+    path = "/admin/rounds/{round_id}/preheat",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("round_id" = i64, Path, description = "The round")),
+    responses(
+        (status = 200, description = "The round, preheated", body = AdminRound),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an approver token, or the approver submitted the round", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn preheat(
     State(st): State<AppState>,
     Approver(_): Approver,
@@ -178,6 +284,24 @@ async fn open_sale(st: &AppState, r: &RoundWithItems) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An item's live counters in Redis.
+#[utoipa::path(
+    get,
+    path = "/admin/rounds/{round_id}/items/{item_id}/stock",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(
+        ("round_id" = i64, Path, description = "The round"),
+        ("item_id" = i64, Path, description = "The item"),
+    ),
+    responses(
+        (status = 200, description = "The counters", body = ItemStock),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 404, description = "The item is not preheated", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn stock(
     State(st): State<AppState>,
     Admin(_): Admin,
@@ -189,6 +313,39 @@ pub async fn stock(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound("item not preheated".into()))
+}
+
+/// An item's live counters, as [`item_stock`] answers them.
+#[derive(Serialize, ToSchema)]
+pub struct ItemStock {
+    pub round_id: i64,
+    pub item_id: i64,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub counters: Counters,
+}
+
+/// `GET /admin/dead-letters`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub count: usize,
+    pub dead_letters: Vec<dead_letters::DeadLetter>,
+}
+
+/// A replay's or discard's answer.
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterResults {
+    pub results: Vec<dead_letters::Outcome>,
+}
+
+/// A reconciliation's answer.
+#[derive(Serialize, ToSchema)]
+pub struct ReconcileReport {
+    /// Every item's counters match the database.
+    pub consistent: bool,
+    /// Items rebuilt (only by `…/repair`).
+    pub repaired: usize,
+    pub items: Vec<rebuild::ItemReport>,
 }
 
 /// An item's live counters from Redis as the admin API shows them
@@ -211,14 +368,15 @@ pub(super) async fn item_stock(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
     /// Most dead letters listed (default 100).
     pub limit: Option<usize>,
 }
 
 /// Which dead letters to act on: `{"all": true}` or `{"attempt_ids": [...]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterSelection {
     #[serde(default)]
@@ -255,6 +413,21 @@ fn broker_error(e: dead_letters::DeadLetterError) -> ApiError {
     }
 }
 
+/// Lists dead letters, oldest first, without removing them.
+#[utoipa::path(
+    get,
+    path = "/admin/dead-letters",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "The dead letters", body = DeadLetterList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 400, description = "`limit` out of range", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn dead_letters(
     State(st): State<AppState>,
     Admin(_): Admin,
@@ -273,6 +446,23 @@ pub async fn dead_letters(
     Ok(Json(json!({ "count": list.len(), "dead_letters": list })))
 }
 
+/// Republishes the selected dead letters that can still become orders.
+#[utoipa::path(
+    post,
+    path = "/admin/dead-letters/replay",
+    tag = "admin",
+    security(("bearer" = [])),
+    request_body(content = DeadLetterSelection, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What happened to each selected letter", body = DeadLetterResults),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "replay_dead_letters", skip_all, fields(by = %admin.sub))]
 pub async fn replay_dead_letters(
     State(st): State<AppState>,
@@ -287,6 +477,23 @@ pub async fn replay_dead_letters(
     Ok(Json(json!({ "results": out })))
 }
 
+/// Drops the selected dead letters, returning their units to stock.
+#[utoipa::path(
+    post,
+    path = "/admin/dead-letters/discard",
+    tag = "admin",
+    security(("bearer" = [])),
+    request_body(content = DeadLetterSelection, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What happened to each selected letter", body = DeadLetterResults),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "discard_dead_letters", skip_all, fields(by = %admin.sub))]
 pub async fn discard_dead_letters(
     State(st): State<AppState>,
@@ -301,8 +508,10 @@ pub async fn discard_dead_letters(
     Ok(Json(json!({ "results": out })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReconcileQuery {
+    /// Only this round (default: every round).
     pub round_id: Option<String>,
 }
 
@@ -322,6 +531,20 @@ async fn run_reconcile(
 }
 
 /// `GET /admin/reconcile[?round_id=N]`: the report, nothing changed.
+#[utoipa::path(
+    get,
+    path = "/admin/reconcile",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(ReconcileQuery),
+    responses(
+        (status = 200, description = "The report", body = ReconcileReport),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 404, description = "Malformed round_id", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn reconcile(
     State(st): State<AppState>,
     Admin(_): Admin,
@@ -332,6 +555,20 @@ pub async fn reconcile(
 
 /// `POST /admin/reconcile/repair[?round_id=N]`: the report, and every item
 /// that differs rebuilt from the database.
+#[utoipa::path(
+    post,
+    path = "/admin/reconcile/repair",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(ReconcileQuery),
+    responses(
+        (status = 200, description = "The report, with what was repaired", body = ReconcileReport),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 404, description = "Malformed round_id", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "repair", skip_all, fields(by = %admin.sub))]
 pub async fn repair(
     State(st): State<AppState>,

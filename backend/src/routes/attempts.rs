@@ -11,9 +11,48 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{AppState, error::ApiError, extract::Caller};
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::Caller,
+};
 use crate::domain::{AttemptId, AttemptStatus};
 
+/// An attempt as its owner sees it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    pub attempt_id: String,
+    pub status: AttemptStatus,
+    pub round_id: i64,
+    pub item_id: i64,
+    pub qty: i64,
+    /// Absent while `processing`.
+    pub unit_price_cents: Option<i64>,
+    pub created_at_ms: i64,
+    /// `ordered` and `paid`: the order to pay.
+    pub order_id: Option<String>,
+    /// `ordered` and `paid`: the payment deadline.
+    pub pay_by_ms: Option<i64>,
+    /// The same, RFC 3339.
+    pub pay_by: Option<String>,
+    /// `cancelled`: why (`expired`, `sold_out`, …).
+    pub reason: Option<String>,
+}
+
+/// An attempt's status, for its owner only.
+#[utoipa::path(
+    get,
+    path = "/api/attempts/{attempt_id}",
+    tag = "buyer",
+    security(("bearer" = [])),
+    params(("attempt_id" = String, Path, description = "As the buy answered it")),
+    responses(
+        (status = 200, description = "The attempt", body = AttemptView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such attempt of the caller", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "attempt", skip_all, fields(attempt_id = %raw))]
 pub async fn get(
     State(st): State<AppState>,

@@ -32,7 +32,7 @@ use serde_json::{Map, json};
 
 use super::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{Caller, JsonBody},
     path_id, tickets,
 };
@@ -44,6 +44,45 @@ use crate::{
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 64;
 
+/// A buy's answer: the attempt to poll.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BuyAnswer {
+    pub attempt_id: String,
+    /// `queued` (reserved), `processing` (journaled while Redis is away), or
+    /// on a retry of the same `Idempotency-Key` the attempt's status now.
+    pub status: AttemptStatus,
+}
+
+/// Reserves units of an item for the caller and queues the order.
+#[utoipa::path(
+    post,
+    path = "/api/rounds/{round_id}/items/{item_id}/buy",
+    tag = "buyer",
+    security(("bearer" = [])),
+    params(
+        ("round_id" = i64, Path, description = "The round"),
+        ("item_id" = i64, Path, description = "The item"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-64 visible ASCII characters; a retry with the same key answers the first buy's attempt"),
+        ("x-seckill-permit" = Option<String>, Header, description = "Set by an edge: `<node>;<generation>;<units>`; the answer's header of the same name says what happened to the permits"),
+        ("x-seckill-ticket" = Option<String>, Header, description = "The purchase ticket (`POST …/ticket`); required when `tickets.enabled`, buys once"),
+    ),
+    request_body(content = Option<BuyBody>, description = "Empty for one unit", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Reserved (`queued`) or journaled (`processing`)", body = BuyAnswer),
+        (status = 200, description = "A retry of an earlier buy: its attempt", body = BuyAnswer),
+        (status = 400, description = "Malformed quantity, header or body", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such item on sale", body = ErrorBody),
+        (status = 410, description = "`sold_out` or `ended`", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Over the per-buyer limit", body = ErrorBody),
+        (status = 425, description = "The sale has not started", body = ErrorBody),
+        (status = 429, description = "The remaining units are being bought; retry", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds"))),
+        (status = 503, description = "A store or the queue is unavailable; nothing reserved", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "buy", skip_all, fields(round_id = %round, item_id = %item, user = %caller.0.sub, attempt_id))]
 pub async fn buy(
     State(st): State<AppState>,

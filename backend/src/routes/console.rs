@@ -7,14 +7,12 @@
 //! own role checks. Nothing here reads or writes a store.
 
 use axum::{
-    Router,
     extract::Path,
     http::{HeaderValue, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
 };
 
-use super::{AppState, error::ApiError};
+use super::error::{ApiError, ErrorBody};
 
 /// Where the console lives; `/admin/console` redirects here.
 pub const PATH: &str = "/admin/console/";
@@ -59,18 +57,41 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
-/// The console's routes, merged into the API router.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/admin/console",
-            get(|| async { Redirect::permanent(PATH) }),
-        )
-        .route(PATH, get(|| async { serve("index.html") }))
-        .route(
-            "/admin/console/{file}",
-            get(|Path(file): Path<String>| async move { serve(&file) }),
-        )
+/// `/admin/console` without its slash: a permanent redirect to [`PATH`].
+#[utoipa::path(
+    get,
+    path = "/admin/console",
+    tag = "console",
+    responses((status = 308, description = "Redirect to /admin/console/", headers(("location" = String))))
+)]
+pub async fn redirect() -> Redirect {
+    Redirect::permanent(PATH)
+}
+
+/// The console's page.
+#[utoipa::path(
+    get,
+    path = "/admin/console/",
+    tag = "console",
+    responses((status = 200, description = "The console's HTML page", content_type = "text/html", body = String))
+)]
+pub async fn index() -> Response {
+    serve("index.html")
+}
+
+/// One of the console's scripts or styles.
+#[utoipa::path(
+    get,
+    path = "/admin/console/{file}",
+    tag = "console",
+    params(("file" = String, Path, description = "A file of the console, e.g. `console.js`")),
+    responses(
+        (status = 200, description = "The file (JavaScript or CSS)", content_type = "text/javascript", body = String),
+        (status = 404, description = "No such file", body = ErrorBody),
+    )
+)]
+pub async fn file(Path(file): Path<String>) -> Response {
+    serve(&file)
 }
 
 fn serve(name: &str) -> Response {

@@ -1,6 +1,8 @@
 //! The HTTP error of every route: a stable `error` code, a human `message`,
 //! optional extra fields, and a fitting status. Internals are logged, never
-//! sent.
+//! sent. [`ErrorBody`] and [`ErrorCode`] describe that body in the OpenAPI
+//! document; the codes are [`seckill_proto::errors::CODES`], listed nowhere
+//! else.
 
 use axum::{
     Json,
@@ -12,6 +14,62 @@ use serde_json::{Map, Value, json};
 use seckill_proto::ticket::TicketError;
 
 use crate::{auth::TokenError, store::StoreError};
+
+/// The body of every error answer, as the OpenAPI document describes it
+/// (answers are built by [`ApiError`]'s `IntoResponse`, not from this type).
+/// Only the fields of the code answered are present besides `error` and
+/// `message`.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// For people; clients switch on `error`, never on this.
+    pub message: String,
+    /// `not_started`: when the sale opens.
+    pub starts_at_ms: Option<i64>,
+    /// `not_started`: the same, RFC 3339.
+    pub starts_at: Option<String>,
+    /// `rate_limited`: when to try again (also in `Retry-After`, seconds).
+    pub retry_after_ms: Option<u64>,
+    /// `sold_out` after asking for more than is left: the units left.
+    pub available: Option<i64>,
+    /// `limit_exceeded`: the item's units per buyer.
+    pub per_user_limit: Option<i64>,
+    /// `limit_exceeded`: units the buyer already holds.
+    pub held_qty: Option<i64>,
+    /// `limit_exceeded`: the attempt holding them.
+    pub attempt_id: Option<String>,
+    /// `conflict` on payment: the order's status (`expired`, `cancelled`,
+    /// `paying`, …).
+    pub order_status: Option<String>,
+    /// `conflict` on payment: why the order closed.
+    pub reason: Option<String>,
+    /// `conflict` on payment: whether a charge that went through was
+    /// refunded.
+    pub refunded: Option<bool>,
+}
+
+/// A stable error code: one of [`seckill_proto::errors::CODES`].
+pub struct ErrorCode;
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let statuses = seckill_proto::errors::CODES
+            .iter()
+            .map(|(c, s)| format!("`{c}` ({s})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(seckill_proto::errors::CODES.iter().map(|(c, _)| *c)))
+            .description(Some(format!(
+                "Stable error code, with the status it is answered with: {statuses}"
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -20,7 +20,11 @@ use futures::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::{AppState, admin, error::ApiError, extract::Admin};
+use super::{
+    AppState, admin,
+    error::{ApiError, ErrorBody},
+    extract::Admin,
+};
 use crate::{
     lifecycle::buy::OutcomeCounts,
     queue::broker::{self, BrokerChannel},
@@ -33,6 +37,22 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// Snapshots between two attempts to reach an unreachable broker.
 const BROKER_RETRY_TICKS: u64 = 10;
 
+/// The live view of a round as server-sent events: a `snapshot` event
+/// about once a second, an `end` event when the server shuts down.
+#[utoipa::path(
+    get,
+    path = "/admin/rounds/{round_id}/events",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("round_id" = i64, Path, description = "The round")),
+    responses(
+        (status = 200, description = "`snapshot` events (JSON data: the round, per item its counters, buy outcomes per second, orders waiting, dead letters), then `end`", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an operator or approver token", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn stream(
     State(st): State<AppState>,
     Admin(caller): Admin,

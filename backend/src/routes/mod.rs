@@ -1,7 +1,8 @@
 //! HTTP routes: thin handlers that parse, call the domain and storage, and
 //! map results to responses. Buyer paths live under `/api`, operator paths
 //! under `/admin` (not exposed through the edge by default), with the
-//! operator's web console at `/admin/console/`.
+//! operator's web console at `/admin/console/`. Every route is listed once,
+//! in [`table`], with its OpenAPI description ([`openapi`]).
 
 pub mod admin;
 pub mod attempts;
@@ -10,6 +11,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod orders;
 pub mod rounds;
 pub mod tickets;
@@ -21,16 +23,17 @@ use axum::{
     extract::{MatchedPath, Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use sea_orm::DatabaseConnection;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::TokenKeys, clock::Clock, config::Config, pages::PageRenderer, queue::Publisher,
     store::SaleStore,
 };
-use error::ApiError;
+use error::{ApiError, ErrorBody};
 
 /// Shared state of every handler; cheap to clone.
 #[derive(Clone)]
@@ -53,66 +56,115 @@ pub struct AppState {
     pub tickets: Option<Arc<seckill_proto::ticket::TicketKeys>>,
 }
 
+/// The one route table: every route the API serves, each with its OpenAPI
+/// description (`#[utoipa::path]` on the handler). The router and the
+/// document at `/api/openapi.json` are both built from it, so a route
+/// cannot be served undescribed; add routes here and nowhere else.
+pub(crate) fn table() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(time))
+        .routes(routes!(rounds::list))
+        .routes(routes!(buy::buy))
+        .routes(routes!(tickets::issue))
+        .routes(routes!(attempts::get))
+        .routes(routes!(orders::pay))
+        .routes(routes!(admin::dead_letters))
+        .routes(routes!(admin::replay_dead_letters))
+        .routes(routes!(admin::discard_dead_letters))
+        .routes(routes!(admin::reconcile))
+        .routes(routes!(admin::repair))
+        .routes(routes!(admin::create_round))
+        .routes(routes!(admin::get_round))
+        .routes(routes!(admin::submit))
+        .routes(routes!(admin::approve))
+        .routes(routes!(admin::reject))
+        .routes(routes!(admin::preheat))
+        .routes(routes!(admin::stock))
+        .routes(routes!(events::stream))
+        .routes(routes!(console::redirect))
+        .routes(routes!(console::index))
+        .routes(routes!(console::file))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi::document))
+}
+
+/// Every route the router serves, as `(METHOD, path template)` pairs in the
+/// route table's order.
+pub fn served_routes() -> Vec<(String, String)> {
+    openapi::operations(table().get_openapi())
+}
+
 /// The API router with its middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/time", get(time))
-        .route("/api/rounds", get(rounds::list))
-        .route("/api/rounds/{round_id}/items/{item_id}/buy", post(buy::buy))
-        .route(
-            "/api/rounds/{round_id}/items/{item_id}/ticket",
-            post(tickets::issue),
-        )
-        .route("/api/attempts/{attempt_id}", get(attempts::get))
-        .route("/api/orders/{order_id}/pay", post(orders::pay))
-        .route("/admin/dead-letters", get(admin::dead_letters))
-        .route(
-            "/admin/dead-letters/replay",
-            post(admin::replay_dead_letters),
-        )
-        .route(
-            "/admin/dead-letters/discard",
-            post(admin::discard_dead_letters),
-        )
-        .route("/admin/reconcile", get(admin::reconcile))
-        .route("/admin/reconcile/repair", post(admin::repair))
-        .route("/admin/rounds", post(admin::create_round))
-        .route("/admin/rounds/{round_id}", get(admin::get_round))
-        .route("/admin/rounds/{round_id}/submit", post(admin::submit))
-        .route("/admin/rounds/{round_id}/approve", post(admin::approve))
-        .route("/admin/rounds/{round_id}/reject", post(admin::reject))
-        .route("/admin/rounds/{round_id}/preheat", post(admin::preheat))
-        .route(
-            "/admin/rounds/{round_id}/items/{item_id}/stock",
-            get(admin::stock),
-        )
-        .route("/admin/rounds/{round_id}/events", get(events::stream))
-        .merge(console::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let (routes, _) = table().split_for_parts();
+    routes
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
         .with_state(state)
 }
 
-async fn time(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "now_ms": st.clock.now_ms() }))
+/// The server's clock.
+#[derive(Serialize, ToSchema)]
+pub struct ServerTime {
+    /// Milliseconds since the Unix epoch.
+    pub now_ms: i64,
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// The server's clock, for buyers' countdowns.
+#[utoipa::path(
+    get,
+    path = "/api/time",
+    tag = "buyer",
+    responses((status = 200, description = "The server's time", body = ServerTime))
+)]
+async fn time(State(st): State<AppState>) -> Json<ServerTime> {
+    Json(ServerTime {
+        now_ms: st.clock.now_ms(),
+    })
+}
+
+/// A health or readiness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (alive) or `ready` (the stores answer).
+    pub status: String,
+}
+
+/// Alive: the process answers HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process is alive", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready when Redis and the database answer.
-async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Redis and the database answer", body = Health),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    )
+)]
+async fn readyz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     let mut c = st.sale.connection();
     let _: String = redis::cmd("PING")
         .query_async(&mut c)
         .await
         .map_err(crate::store::StoreError::from)?;
     st.db.ping().await.map_err(crate::store::StoreError::from)?;
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(Health {
+        status: "ready".into(),
+    }))
 }
 
 async fn fallback() -> ApiError {

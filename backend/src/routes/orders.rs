@@ -10,9 +10,41 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{AppState, error::ApiError, extract::Caller};
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::Caller,
+};
 use crate::lifecycle::settle::PayError;
 
+/// A paid order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Payment {
+    pub order_id: String,
+    /// Always `paid`.
+    pub status: String,
+    pub amount_cents: i64,
+    pub paid_at_ms: Option<i64>,
+    pub charge_id: Option<String>,
+}
+
+/// Pays the caller's order (paying twice is one payment).
+#[utoipa::path(
+    post,
+    path = "/api/orders/{order_id}/pay",
+    tag = "buyer",
+    security(("bearer" = [])),
+    params(("order_id" = String, Path, description = "The attempt's `order_id`")),
+    responses(
+        (status = 200, description = "Paid", body = Payment),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 402, description = "The provider declined; still payable until `pay_by`", body = ErrorBody),
+        (status = 404, description = "No such order of the caller", body = ErrorBody),
+        (status = 409, description = "Expired, cancelled, being paid, or refunded", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+        (status = 504, description = "The provider did not answer; poll the attempt", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "pay_order", skip_all, fields(order_id = %order_id, user = %claims.sub))]
 pub async fn pay(
     State(st): State<AppState>,

@@ -7,9 +7,74 @@ use std::sync::Arc;
 use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
-use super::{AppState, error::ApiError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use crate::store::{entities::item, rounds, rounds::RoundWithItems};
 
+/// `GET /api/rounds`'s answer.
+#[derive(Serialize, ToSchema)]
+pub struct RoundList {
+    pub rounds: Vec<PublicRound>,
+}
+
+/// A round as anyone sees it ([`public_round`]).
+#[derive(Serialize, ToSchema)]
+pub struct PublicRound {
+    pub id: i64,
+    pub name: String,
+    /// RFC 3339.
+    pub starts_at: Option<String>,
+    /// RFC 3339.
+    pub ends_at: Option<String>,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub items: Vec<PublicItem>,
+}
+
+/// An item as anyone sees it ([`public_item`]).
+#[derive(Serialize, ToSchema)]
+pub struct PublicItem {
+    pub id: i64,
+    pub title: String,
+    pub description: String,
+    pub image_url: String,
+    pub original_price_cents: i64,
+    pub sale_price_cents: i64,
+    pub stock: i64,
+    pub per_user_limit: i64,
+    /// The item's static sale page.
+    pub page_url: String,
+}
+
+/// A round as an operator sees it ([`admin_round`]).
+#[derive(Serialize, ToSchema)]
+pub struct AdminRound {
+    #[schema(inline)]
+    #[serde(flatten)]
+    pub round: PublicRound,
+    /// `draft`, `submitted`, `approved` or `rejected`.
+    pub status: String,
+    pub created_by: String,
+    pub submitted_by: Option<String>,
+    pub reviewed_by: Option<String>,
+    pub reject_reason: Option<String>,
+}
+
+/// Approved rounds that have not ended, with their items.
+#[utoipa::path(
+    get,
+    path = "/api/rounds",
+    tag = "buyer",
+    responses(
+        (status = 200, description = "Rounds on sale or coming", body = RoundList),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
 pub async fn list(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let db = st.db.clone();
     let now = st.clock.now_ms();

@@ -19,12 +19,43 @@ use serde_json::{Value, json};
 
 use super::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     extract::{Caller, ClientAddr},
     path_id,
 };
 use crate::lifecycle::buy::item_facts;
 
+/// A purchase ticket and where to buy with it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the JSON `issue` builds
+pub struct TicketAnswer {
+    /// Goes in the buy's `x-seckill-ticket` header; buys once.
+    ticket: String,
+    /// The path to `POST` the buy to.
+    buy_path: String,
+    /// Unix ms after which the ticket no longer buys.
+    expires_at_ms: i64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/rounds/{round_id}/items/{item_id}/ticket",
+    tag = "buyer",
+    security(("bearer" = [])),
+    params(
+        ("round_id" = i64, Path, description = "The round"),
+        ("item_id" = i64, Path, description = "The item"),
+    ),
+    responses(
+        (status = 200, description = "A ticket for this buyer and item", body = TicketAnswer),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such item on sale, or tickets not enabled", body = ErrorBody),
+        (status = 410, description = "The sale ended", body = ErrorBody),
+        (status = 425, description = "Before the ticket window (`tickets.lead_ms` before the start)", body = ErrorBody),
+        (status = 429, description = "Too many ticket requests from this buyer or address", body = ErrorBody),
+        (status = 503, description = "Redis unavailable", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(name = "ticket", skip_all, fields(round_id = %round, item_id = %item, user = %caller.0.sub))]
 pub async fn issue(
     State(st): State<AppState>,

@@ -128,7 +128,7 @@ pub struct Reserved {
 }
 
 /// An item's counters; `available + reserved + sold == total` always.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counters {
     pub total: i64,
     pub available: i64,

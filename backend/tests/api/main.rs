@@ -12,6 +12,7 @@ mod degraded;
 mod faults;
 mod helpers;
 mod lifecycle;
+mod openapi;
 mod repairs;
 mod resilience;
 mod tickets;
