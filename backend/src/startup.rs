@@ -216,7 +216,14 @@ impl Application {
 
         let metrics_task = self.metrics_listener.map(|l| {
             let handle = telemetry::metrics_handle();
-            let app = Router::new().route("/metrics", get(move || async move { handle.render() }));
+            let lc = self.state.lifecycle.clone();
+            let app = Router::new().route(
+                "/metrics",
+                get(move || async move {
+                    lifecycle::stock_gauges::refresh(&lc).await;
+                    handle.render()
+                }),
+            );
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 axum::serve(l, app)

@@ -24,6 +24,8 @@
 //! - [`rebuild`] — reconciliation reports and rebuilding Redis from the
 //!   database
 //! - [`dead_letters`] — list, replay, discard
+//! - [`stock_gauges`] — every open round's item counters as metrics, read
+//!   from Redis when the metrics are scraped
 
 pub mod buy;
 pub mod dead_letters;
@@ -32,6 +34,7 @@ pub mod rebuild;
 pub mod replay;
 pub mod settle;
 pub mod spool_drain;
+pub mod stock_gauges;
 pub mod sweep;
 
 use std::sync::Arc;

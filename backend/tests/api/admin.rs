@@ -185,3 +185,39 @@ async fn rejected_rounds_stay_closed_and_bad_rounds_are_refused() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_metrics_show_each_open_items_counters() {
+    let app = TestApp::spawn().await;
+    // An unusual stock, so the lines are this test's own.
+    let (round, items) = app
+        .open_round(json!([item(37, 2)]), -1_000, 3_600_000)
+        .await;
+    let t = app.token("gauged", Role::Buyer);
+    let (s, v) = app.buy(round, items[0], &t, 2).await;
+    assert_eq!(s, 202, "{v}");
+    let metrics = reqwest::get(format!("http://{}/metrics", app.metrics_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |state: &str, units: i64| {
+        format!(
+            r#"seckill_item_units{{round_id="{round}",item_id="{}",state="{state}"}} {units}"#,
+            items[0]
+        )
+    };
+    for want in [
+        line("total", 37),
+        line("available", 35),
+        line("reserved", 2),
+        line("sold", 0),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "{want} missing:\n{metrics}"
+        );
+    }
+    app.teardown().await;
+}
