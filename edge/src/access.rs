@@ -607,6 +607,10 @@ fn install_host_api(
         )
     })?;
     t.set("token_bucket", bucket)?;
+    let network = lua.create_function(|_, (addr, v4, v6): (String, u8, u8)| {
+        Ok(crate::identity::network_of(&addr, v4, v6))
+    })?;
+    t.set("network", network)?;
     // The common case (a permit in hand, or a cached answer) is a plain
     // call; only a trip to Redis goes through the async machinery.
     let now_permits = permits.clone();

@@ -49,6 +49,28 @@ thread_local! {
     static VERIFIED: RefCell<HashMap<Box<str>, Verified>> = RefCell::new(HashMap::new());
 }
 
+/// The network `addr` is in, as `address/prefix`, with IPv4 addresses
+/// taken to `/v4_prefix` and IPv6 to `/v6_prefix` (the per-network limits'
+/// key: many addresses of one network count as one client). `None` when
+/// `addr` is not an address or a prefix is out of range.
+pub fn network_of(addr: &str, v4_prefix: u8, v6_prefix: u8) -> Option<String> {
+    match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) if v4_prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(v4_prefix)).unwrap_or(0);
+            let net = std::net::Ipv4Addr::from(u32::from(a) & mask);
+            Some(format!("{net}/{v4_prefix}"))
+        }
+        IpAddr::V6(a) if v6_prefix <= 128 => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix))
+                .unwrap_or(0);
+            let net = std::net::Ipv6Addr::from(u128::from(a) & mask);
+            Some(format!("{net}/{v6_prefix}"))
+        }
+        _ => None,
+    }
+}
+
 /// Resolves client addresses and verifies tokens.
 #[derive(Clone)]
 pub struct Identity {
@@ -143,6 +165,30 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_are_the_configured_prefixes() {
+        assert_eq!(
+            network_of("10.1.2.3", 24, 64).as_deref(),
+            Some("10.1.2.0/24")
+        );
+        assert_eq!(
+            network_of("10.1.2.255", 24, 64).as_deref(),
+            Some("10.1.2.0/24")
+        );
+        assert_eq!(
+            network_of("10.1.2.3", 16, 64).as_deref(),
+            Some("10.1.0.0/16")
+        );
+        assert_eq!(network_of("10.1.2.3", 0, 64).as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(
+            network_of("2001:db8:1:2:3:4:5:6", 24, 64).as_deref(),
+            Some("2001:db8:1:2::/64")
+        );
+        assert_eq!(network_of("::1", 24, 128).as_deref(), Some("::1/128"));
+        assert_eq!(network_of("10.1.2.3", 33, 64), None);
+        assert_eq!(network_of("not an address", 24, 64), None);
+    }
 
     fn id(trusted: &[&str]) -> Identity {
         Identity::new(

@@ -1,15 +1,17 @@
 -- access.lua — the edge's default access policy, run for every API request
 -- (OpenResty's access_by_lua). In order, for buy requests:
 --   1. the node's token bucket        (limits.node,  429 rate_limited)
---   2. the buyer's limit per window   (limits.user,  429 rate_limited)
---   3. permits for the units bought   (410 sold_out, 429 while permits are
+--   2. the client network's limit     (limits.net,   429 rate_limited)
+--   3. the buyer's limit per window   (limits.user,  429 rate_limited)
+--   4. permits for the units bought   (410 sold_out, 429 while permits are
 --      in flight elsewhere, 503 when Redis cannot be asked)
 -- Other API requests get a per-client limit (limits.api).
 --
 -- Seen from here: ngx.var.user_id / ngx.var.user_role (verified by the edge
 -- from the bearer token; empty when there is none), ngx.var.remote_addr
 -- (the client, trusted proxies resolved), seckill.token_bucket(key, rate,
--- burst) -> true | false, retry_ms, and seckill.permit(round, item, qty) ->
+-- burst) -> true | false, retry_ms, seckill.network(addr, v4_prefix,
+-- v6_prefix) -> "a.b.c.0/24" | nil, and seckill.permit(round, item, qty) ->
 -- "ok" | "off" | "sold_out" | "insufficient", units_left | "wait", retry_ms
 -- | "unknown" | "unavailable", retry_ms. The buy's `qty` is read from its
 -- JSON body (1 when absent); a body the backend would refuse is passed on
@@ -24,6 +26,7 @@ if not P then
     limits = limits,
     user = assert(limit_count.new("limit_user", limits.user.count, limits.user.window)),
     api = assert(limit_count.new("limit_user", limits.api.count, limits.api.window)),
+    net = limits.net and assert(limit_count.new("limit_user", limits.net.count, limits.net.window)),
     cjson = require "cjson",
   }
   _EDGE_POLICY = P
@@ -77,7 +80,19 @@ if not admitted then
     { retry_after_ms = wait_ms })
 end
 
--- 2. the buyer's (or client's) limit
+-- 2. the client's network: many accounts (or addresses) of one network
+-- count as one client
+if P.net then
+  local net = seckill.network(var.remote_addr, limits.net.v4_prefix or 24,
+    limits.net.v6_prefix or 64) or var.remote_addr
+  if not P.net:incoming("net:" .. net, true) then
+    local ttl = ngx.shared.limit_user:ttl("net:" .. net) or limits.net.window
+    return reject(429, "rate_limited", "network_limit", "too many requests from your network",
+      { retry_after_ms = math.max(1, math.ceil(ttl * 1000)) })
+  end
+end
+
+-- 3. the buyer's (or client's) limit
 local ok = P.user:incoming("buy:" .. client, true)
 if not ok then
   local ttl = ngx.shared.limit_user:ttl("buy:" .. client) or limits.user.window
@@ -85,7 +100,7 @@ if not ok then
     { retry_after_ms = math.max(1, math.ceil(ttl * 1000)) })
 end
 
--- 3. permits for the units bought
+-- 4. permits for the units bought
 local qty = 1
 ngx.req.read_body()
 local data = ngx.req.get_body_data()

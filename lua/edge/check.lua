@@ -31,6 +31,19 @@ positive(limits.user.count, "limits.user.count")
 positive(limits.user.window, "limits.user.window")
 positive(limits.api.count, "limits.api.count")
 positive(limits.api.window, "limits.api.window")
+if limits.net ~= nil then
+  if type(limits.net) ~= "table" then
+    error("limits.net must be a table", 0)
+  end
+  positive(limits.net.count, "limits.net.count")
+  positive(limits.net.window, "limits.net.window")
+  for name, top in pairs({ v4_prefix = 32, v6_prefix = 128 }) do
+    local v = limits.net[name]
+    if v ~= nil and (type(v) ~= "number" or v < 0 or v > top or v ~= math.floor(v)) then
+      error("limits.net." .. name .. " must be a whole number in 0.." .. top, 0)
+    end
+  end
+end
 local max_qty = limits.max_qty
 if max_qty ~= nil and (type(max_qty) ~= "number" or max_qty < 1 or max_qty > 1000
     or max_qty ~= math.floor(max_qty)) then

@@ -13,6 +13,14 @@ return {
   -- Buy requests one buyer (verified user id) may make per window.
   user = { count = 5, window = 1 },
 
+  -- Buy requests per client network per window: IPv4 addresses count by
+  -- their /v4_prefix, IPv6 by their /v6_prefix, so a script rotating
+  -- through the addresses (or accounts) of one network is one client. Off
+  -- here because the demo's and the tests' crowds all come from
+  -- 127.0.0.1; turn it on where buyers' own addresses reach the edge
+  -- (directly, or through http.trusted_proxies).
+  -- net = { count = 100, window = 1, v4_prefix = 24, v6_prefix = 64 },
+
   -- Other API requests (polling, round lists) per client per window; keyed
   -- by user id when a token is present, else by the client address.
   api = { count = 50, window = 1 },

@@ -267,3 +267,56 @@ fn check_config_refuses_bad_files() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_rotating_through_one_network_is_limited_as_one() {
+    let src = limits(100_000.0, 100_000.0, 1000, 30.0, true).replace(
+        "require_token =",
+        "net = { count = 10, window = 30, v4_prefix = 24 },\n  require_token =",
+    );
+    let (mut opts, keys, prefix) = setup(src);
+    opts.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let edge = Arc::new(Edge::start(&opts).await);
+
+    // 256 accounts, each from its own address of 203.0.113.0/24.
+    let fire_from = |net: &'static str, tag: &'static str| {
+        let (edge, keys) = (edge.clone(), keys.clone());
+        async move {
+            let statuses: Vec<(u16, String)> = stream::iter(0..256)
+                .map(|i| {
+                    let (edge, t) = (
+                        edge.clone(),
+                        keys.mint(&format!("{tag}-{i}"), Role::Buyer, 3600),
+                    );
+                    async move {
+                        let r = edge
+                            .client
+                            .post(edge.url("/api/rounds/999999/items/1/buy"))
+                            .bearer_auth(t)
+                            .header("x-forwarded-for", format!("{net}.{i}"))
+                            .json(&serde_json::json!({"qty": 1}))
+                            .send()
+                            .await
+                            .unwrap();
+                        let s = r.status().as_u16();
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        (s, v["message"].as_str().unwrap_or("").to_owned())
+                    }
+                })
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            let passed = statuses.iter().filter(|(s, _)| *s == 404).count();
+            let by_net = statuses
+                .iter()
+                .filter(|(s, m)| *s == 429 && m.contains("network"))
+                .count();
+            (passed, by_net)
+        }
+    };
+    assert_eq!(fire_from("203.0.113", "rot").await, (10, 246));
+    // Another network has a limit of its own.
+    assert_eq!(fire_from("198.51.100", "other").await, (10, 246));
+    drop(edge);
+    cleanup_prefix(&prefix).await;
+}
