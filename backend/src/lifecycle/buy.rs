@@ -274,9 +274,17 @@ async fn run(
     let now = lc.clock.now_ms();
     let id = AttemptId::new(req.round_id, req.item_id, now);
     if durable.journal.active() {
-        // The reserve does not run: the edge's permit is untouched.
-        *permit = Some(Effect::Kept);
-        return journal_buy(lc, durable, &id, req, now).await;
+        // The reserve does not run: the edge's lease is untouched. A buy
+        // journaled is answered `void` all the same, so the edge does not
+        // forward another buy on these permits while Redis is away (each
+        // would be journaled too, past what the node holds); it renews its
+        // lease once Redis answers, and the remainder returns to the pool.
+        let bought = journal_buy(lc, durable, &id, req, now).await;
+        *permit = Some(match bought {
+            Ok(Bought::Journaled { .. }) => Effect::Void,
+            _ => Effect::Kept,
+        });
+        return bought;
     }
     if let Some(attempt_id) = durable
         .journal
