@@ -20,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
-    error::{ApiError, ErrorBody},
+    error::{AdminRefusals, ApiError, BodyRefusals, ErrorBody},
     extract::{Admin, Approver, JsonBody},
     path_id,
     rounds::{AdminRound, admin_round},
@@ -44,12 +44,9 @@ use crate::{
     request_body(content = NewRoundBody, content_type = "application/json"),
     responses(
         (status = 201, description = "The round created", body = AdminRound),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
+        BodyRefusals,
     )
 )]
 pub async fn create_round(
@@ -80,10 +77,9 @@ pub(super) async fn load(st: &AppState, round: &str) -> Result<RoundWithItems, A
     params(("round_id" = i64, Path, description = "The round")),
     responses(
         (status = 200, description = "The round", body = AdminRound),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 404, description = "No such round", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn get_round(
@@ -129,11 +125,10 @@ async fn change(
     params(("round_id" = i64, Path, description = "The round")),
     responses(
         (status = 200, description = "The round, submitted", body = AdminRound),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 404, description = "No such round", body = ErrorBody),
         (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn submit(
@@ -163,14 +158,11 @@ pub struct RejectBody {
     request_body(content = Option<RejectBody>, content_type = "application/json"),
     responses(
         (status = 200, description = "The round, rejected", body = AdminRound),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an approver token, or the approver submitted the round", body = ErrorBody),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        BodyRefusals,
         (status = 404, description = "No such round", body = ErrorBody),
         (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn reject(
@@ -205,11 +197,10 @@ pub async fn reject(
     params(("round_id" = i64, Path, description = "The round")),
     responses(
         (status = 200, description = "The round, approved and preheated", body = AdminRound),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an approver token, or the approver submitted the round", body = ErrorBody),
         (status = 404, description = "No such round", body = ErrorBody),
         (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn approve(
@@ -231,11 +222,10 @@ pub async fn approve(
     params(("round_id" = i64, Path, description = "The round")),
     responses(
         (status = 200, description = "The round, preheated", body = AdminRound),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an approver token, or the approver submitted the round", body = ErrorBody),
         (status = 404, description = "No such round", body = ErrorBody),
         (status = 409, description = "The round is not in a state this step starts from, or changed meanwhile", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn preheat(
@@ -296,10 +286,9 @@ async fn open_sale(st: &AppState, r: &RoundWithItems) -> Result<(), ApiError> {
     ),
     responses(
         (status = 200, description = "The counters", body = ItemStock),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 404, description = "The item is not preheated", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn stock(
@@ -422,10 +411,9 @@ fn broker_error(e: dead_letters::DeadLetterError) -> ApiError {
     params(DeadLetterQuery),
     responses(
         (status = 200, description = "The dead letters", body = DeadLetterList),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 400, description = "`limit` out of range", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn dead_letters(
@@ -455,12 +443,9 @@ pub async fn dead_letters(
     request_body(content = DeadLetterSelection, content_type = "application/json"),
     responses(
         (status = 200, description = "What happened to each selected letter", body = DeadLetterResults),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
+        BodyRefusals,
     )
 )]
 #[tracing::instrument(name = "replay_dead_letters", skip_all, fields(by = %admin.sub))]
@@ -486,12 +471,9 @@ pub async fn replay_dead_letters(
     request_body(content = DeadLetterSelection, content_type = "application/json"),
     responses(
         (status = 200, description = "What happened to each selected letter", body = DeadLetterResults),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
+        BodyRefusals,
     )
 )]
 #[tracing::instrument(name = "discard_dead_letters", skip_all, fields(by = %admin.sub))]
@@ -539,10 +521,9 @@ async fn run_reconcile(
     params(ReconcileQuery),
     responses(
         (status = 200, description = "The report", body = ReconcileReport),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 404, description = "Malformed round_id", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn reconcile(
@@ -563,10 +544,9 @@ pub async fn reconcile(
     params(ReconcileQuery),
     responses(
         (status = 200, description = "The report, with what was repaired", body = ReconcileReport),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 404, description = "Malformed round_id", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 #[tracing::instrument(name = "repair", skip_all, fields(by = %admin.sub))]

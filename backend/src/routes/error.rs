@@ -15,6 +15,34 @@ use seckill_proto::ticket::TicketError;
 
 use crate::{auth::TokenError, store::StoreError};
 
+/// The refusals every admin route may answer, for its OpenAPI description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes answers, never built
+pub enum AdminRefusals {
+    /// No valid token
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorBody),
+    /// A store is unavailable
+    #[response(status = 503)]
+    Unavailable(#[to_schema] ErrorBody),
+}
+
+/// The refusals of a route that takes a JSON body, for its OpenAPI
+/// description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes answers, never built
+pub enum BodyRefusals {
+    /// Malformed body
+    #[response(status = 400)]
+    Malformed(#[to_schema] ErrorBody),
+    /// Body too large
+    #[response(status = 413)]
+    TooLarge(#[to_schema] ErrorBody),
+    /// Body is not JSON
+    #[response(status = 415)]
+    NotJson(#[to_schema] ErrorBody),
+}
+
 /// The body of every error answer, as the OpenAPI document describes it
 /// (answers are built by [`ApiError`]'s `IntoResponse`, not from this type).
 /// Only the fields of the code answered are present besides `error` and
