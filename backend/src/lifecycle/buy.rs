@@ -43,8 +43,9 @@
 //! so the edge can settle its count. `None` means the buy cannot tell (the
 //! reserve's reply was lost).
 //!
-//! Every buy's end is also counted in process ([`Outcomes`], on the
-//! [`Lifecycle`]) for the operator's live dashboard.
+//! Every buy answer is also counted in process ([`Outcomes`], on the
+//! [`Lifecycle`], by the route that counts `seckill_buy_total`) for the
+//! operator's live dashboard.
 
 use std::{
     sync::{
@@ -167,13 +168,12 @@ pub async fn buy(
     durable: Durable,
     req: Buy,
 ) -> BuyResult {
-    let outcomes = lc.outcomes.clone();
     let task = tokio::spawn(async move {
         let mut permit = None;
         let outcome = run(&lc, &publisher, &durable, &req, &mut permit).await;
         BuyResult { outcome, permit }
     });
-    let result = match task.await {
+    match task.await {
         Ok(r) => r,
         Err(e) => BuyResult {
             outcome: Err(BuyError::Store(StoreError::Protocol(format!(
@@ -181,9 +181,7 @@ pub async fn buy(
             )))),
             permit: None,
         },
-    };
-    outcomes.record(&result.outcome);
-    result
+    }
 }
 
 /// How many buys of this process ended which way, since it started: what
@@ -213,27 +211,23 @@ pub struct OutcomeCounts {
     pub over_limit: u64,
     /// A store, the queue or the local disk failed: nothing held.
     pub unavailable: u64,
-    /// Not on sale, not started, ended, or a repeated attempt.
+    /// Anything else: not on sale, not started, ended, a repeated
+    /// attempt, a refused request.
     pub other: u64,
 }
 
 impl Outcomes {
-    fn record(&self, outcome: &Result<Bought, BuyError>) {
+    /// Counts one buy answer by its `seckill_buy_total` outcome label (the
+    /// answer's error code, or `reserved` / `journaled` / `duplicate`).
+    pub fn record(&self, outcome: &str) {
+        use seckill_proto::errors as e;
         let counter = match outcome {
-            Ok(Bought::Accepted { .. } | Bought::Journaled { .. }) => &self.reserved,
-            Ok(Bought::Retry { .. }) => &self.other,
-            Err(BuyError::SoldOut | BuyError::Insufficient { .. }) => &self.sold_out,
-            Err(BuyError::Held { .. }) => &self.rate_limited,
-            Err(BuyError::Limit { .. }) => &self.over_limit,
-            Err(BuyError::NotOnSale | BuyError::NotStarted { .. } | BuyError::Ended) => &self.other,
-            Err(
-                BuyError::Rebuilding
-                | BuyError::QueueUnavailable
-                | BuyError::JournalFull
-                | BuyError::NotDurable(_)
-                | BuyError::Unanswered(_)
-                | BuyError::Store(_),
-            ) => &self.unavailable,
+            "reserved" | "journaled" => &self.reserved,
+            e::SOLD_OUT => &self.sold_out,
+            e::RATE_LIMITED => &self.rate_limited,
+            e::LIMIT_EXCEEDED => &self.over_limit,
+            e::UNAVAILABLE => &self.unavailable,
+            _ => &self.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -598,19 +598,20 @@ impl OrderWriter {
             .map(|o| (o.attempt_id.clone(), o))
             .collect();
         // The written orders: marked in Redis, one call per item.
-        let ids: Vec<AttemptId> = ids
-            .iter()
-            .map(|aid| aid.parse().map_err(|_| StoreError::Protocol(aid.clone())))
-            .collect::<Result<_, _>>()?;
-        let (done, refused): (Vec<&AttemptId>, Vec<&AttemptId>) = ids
-            .iter()
-            .partition(|id| written.contains_key(&id.to_string()));
-        let orders: Vec<&order::Model> = done.iter().map(|id| &written[&id.to_string()]).collect();
-        let groups = by_item(done.iter().copied());
+        let mut done: Vec<(AttemptId, &order::Model)> = Vec::new();
+        let mut refused: Vec<(&str, AttemptId)> = Vec::new();
+        for aid in &ids {
+            let id: AttemptId = aid.parse().map_err(|_| StoreError::Protocol(aid.clone()))?;
+            match written.get(aid) {
+                Some(o) => done.push((id, o)),
+                None => refused.push((aid, id)),
+            }
+        }
+        let groups = by_item(done.iter().map(|(id, _)| id));
         let marked = futures::future::join_all(groups.iter().map(|idx| {
             let marks: Vec<(&AttemptId, &str, i64)> = idx
                 .iter()
-                .map(|&i| (done[i], orders[i].id.as_str(), orders[i].pay_by_ms))
+                .map(|&i| (&done[i].0, done[i].1.id.as_str(), done[i].1.pay_by_ms))
                 .collect();
             async move { self.lc.sale.mark_ordered_many(&marks, now).await }
         }))
@@ -619,9 +620,8 @@ impl OrderWriter {
             m?;
         }
         let fates = &fates;
-        futures::future::join_all(refused.iter().map(|&id| async move {
-            let aid = id.to_string();
-            if let Some(Fate::OverStock) = fates.get(&aid) {
+        futures::future::join_all(refused.iter().map(|(aid, id)| async move {
+            if let Some(Fate::OverStock) = fates.get(*aid) {
                 // Redis reserved a unit the database says is taken: its
                 // counters are wrong. Never hand that unit out again;
                 // rebuild the item from the database instead.
@@ -641,20 +641,14 @@ impl OrderWriter {
         .await
         .into_iter()
         .collect::<Result<Vec<()>, _>>()?;
-        let marks = orders.iter().map(|o| {
-            Ok::<_, StoreError>(Some(ExpiryMessage {
+        let expiries = done
+            .iter()
+            .filter(|(_, o)| o.pay_by_ms > now)
+            .map(|(_, o)| ExpiryMessage {
                 order_id: o.id.clone(),
                 pay_by_ms: o.pay_by_ms,
-            }))
-        });
-        let mut expiries = Vec::new();
-        for m in marks {
-            if let Some(e) = m?
-                && e.pay_by_ms > now
-            {
-                expiries.push(e);
-            }
-        }
+            })
+            .collect();
         Ok(expiries)
     }
 }

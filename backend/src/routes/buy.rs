@@ -14,8 +14,10 @@
 //! get past ([`gives_ticket_back`]).
 //!
 //! A buy journaled while Redis is away answers `202 {"status":
-//! "processing"}` with `kept` (the reserve did not run; the journal's
-//! replay runs it later without a permit) — or no permit header when a
+//! "processing"}` with `void` (the reserve did not run and the edge's
+//! lease is untouched, but the edge must not forward more buys on those
+//! permits while Redis is away; the journal's replay runs it later
+//! without a permit) — or no permit header when a
 //! reserve had been sent and got no answer before the buy was journaled.
 
 use axum::{
@@ -102,6 +104,7 @@ pub async fn buy(
         Err(e) => e.code(),
     };
     metrics::counter!("seckill_buy_total", "outcome" => outcome).increment(1);
+    st.lifecycle.outcomes.record(outcome);
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     if let (true, Some(e)) = (carried, effect) {
         resp.headers_mut().insert(

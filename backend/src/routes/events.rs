@@ -22,7 +22,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{
     AppState, admin,
-    error::{ApiError, ErrorBody},
+    error::{AdminRefusals, ApiError, ErrorBody},
     extract::Admin,
 };
 use crate::{
@@ -47,10 +47,9 @@ const BROKER_RETRY_TICKS: u64 = 10;
     params(("round_id" = i64, Path, description = "The round")),
     responses(
         (status = 200, description = "`snapshot` events (JSON data: the round, per item its counters, buy outcomes per second, orders waiting, dead letters), then `end`", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No valid token", body = ErrorBody),
+        AdminRefusals,
         (status = 403, description = "Not an operator or approver token", body = ErrorBody),
         (status = 404, description = "No such round", body = ErrorBody),
-        (status = 503, description = "A store is unavailable", body = ErrorBody),
     )
 )]
 pub async fn stream(
