@@ -339,11 +339,14 @@ $('rc-repair').addEventListener('click', () => reconcile(true));
 // --- start -------------------------------------------------------------------
 
 // scripts/demo links here with the token in the fragment (never sent to a
-// server): keep it for this tab and drop it from the address bar.
-if (location.hash.startsWith('#token=')) {
-  setToken(decodeURIComponent(location.hash.slice('#token='.length)));
+// server): keep it for this tab and drop it from the address bar. A
+// `watch=<round id>` beside it opens that round's dashboard.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has('token')) {
+  setToken(fragment.get('token'));
   history.replaceState(null, '', location.pathname + location.search);
 }
 resetRoundForm();
 signedIn();
+if (token() && /^[0-9]+$/.test(fragment.get('watch') ?? '')) watch(fragment.get('watch'));
 document.body.dataset.ready = 'true';
