@@ -12,6 +12,7 @@
 //! - [`verdict`] — invariants I1–I5 checked against Redis and the database
 //! - [`report`] — the human summary, its JSON form and the time line
 //! - [`html`] — the report as one self-contained HTML page
+//! - [`screenshot`] — the console's dashboard in headless Chromium, as a PNG
 //! - [`blast`] — buy-path throughput for benchmarks
 //! - [`orders`] — order-writing throughput for benchmarks
 //! - [`confirms`] — RabbitMQ's confirmed-publish ceiling, for benchmarks
@@ -27,6 +28,7 @@ pub mod orders;
 pub mod progress;
 pub mod report;
 pub mod sale;
+pub mod screenshot;
 pub mod setup;
 pub mod stats;
 pub mod verdict;
