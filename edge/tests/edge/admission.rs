@@ -56,7 +56,7 @@ async fn race(window_ms: i64) -> Race {
     opts.backends = vec![backend.addr];
     let edge = Arc::new(Edge::start(&opts).await);
     // Time enough to create and approve the round before it starts.
-    let starts = now_ms() + 1_000;
+    let starts = now_ms() + 2_000;
     let (round, items) = backend
         .approve_round(json!([item(STOCK, 1)]), starts, window_ms)
         .await;
