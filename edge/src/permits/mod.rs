@@ -335,16 +335,19 @@ impl Permits {
         units: i64,
         may_hold: bool,
     ) -> Option<Verdict> {
+        // In the window, `try_local` takes nothing: hold first.
+        let hold_first = || {
+            may_hold
+                && item
+                    .local
+                    .lock()
+                    .expect("permit lock")
+                    .in_window(Instant::now())
+        };
         if let Some(v) = self.try_local(id, item, units, may_hold) {
             return Some(v);
         }
-        if may_hold
-            && item
-                .local
-                .lock()
-                .expect("permit lock")
-                .in_window(Instant::now())
-        {
+        if hold_first() {
             return None;
         }
         // Redis failed lately: one buy probes it, the others are answered.
@@ -366,13 +369,7 @@ impl Permits {
         if let Some(v) = self.try_local(id, item, units, may_hold) {
             return Some(v);
         }
-        if may_hold
-            && item
-                .local
-                .lock()
-                .expect("permit lock")
-                .in_window(Instant::now())
-        {
+        if hold_first() {
             // Someone else's lease reply showed the window meanwhile.
             return None;
         }
