@@ -98,6 +98,7 @@ async fn scripts_follow_the_model() {
                 per_user_limit: m.limit,
                 price_cents: 1,
                 info: vec![],
+                admission_window_ms: 0,
             })
             .await
             .unwrap();
@@ -114,6 +115,7 @@ async fn scripts_follow_the_model() {
                     per_user_limit: m.limit,
                     price_cents: 1,
                     info: vec![],
+                    admission_window_ms: 0,
                 })
                 .await
                 .unwrap()

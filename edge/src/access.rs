@@ -567,6 +567,7 @@ fn answer(permits: &Permits, v: Verdict) -> (&'static str, Option<u64>) {
         Verdict::Wait(ms) => ("wait", Some(ms)),
         Verdict::Unknown => ("unknown", None),
         Verdict::Unavailable(ms) => ("unavailable", Some(ms)),
+        Verdict::Gone => ("gone", None),
     }
 }
 

@@ -17,11 +17,14 @@
 //!   worker thread, hot reload after a trial run.
 //! - [`rate`]: node-wide token buckets the access script calls.
 //! - [`permits`]: per-item buy permits leased from Redis in batches.
+//! - [`admission`]: the admission window, in which buys ask for permits
+//!   in random order rather than arrival order.
 //! - [`upstream`]: backend pool, health checks, selection.
 //! - [`metrics`]: Prometheus metrics on their own port.
 //! - [`server`]: wires it all into a Pingora server and runs it.
 
 pub mod access;
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod identity;

@@ -27,6 +27,8 @@ struct Inner {
     upstream_seconds: HistogramVec,
     reloads: IntCounterVec,
     lua_errors: IntCounterVec,
+    admission_held: IntCounterVec,
+    admission_hold_seconds: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -86,12 +88,38 @@ impl Metrics {
             &["phase"],
         )
         .expect("metric");
-        for c in [&requests, &rejections, &permits, &reloads, &lua_errors] {
+        let admission_held = IntCounterVec::new(
+            Opts::new(
+                "edge_admission_held_total",
+                "Buys held by an item's admission window, by how the hold ended (admitted, gone: the client left)",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let admission_hold_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "edge_admission_hold_seconds",
+                "How long buys were held by an admission window",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["outcome"],
+        )
+        .expect("metric");
+        for c in [
+            &requests,
+            &rejections,
+            &permits,
+            &reloads,
+            &lua_errors,
+            &admission_held,
+        ] {
             registry.register(Box::new(c.clone())).expect("register");
         }
-        registry
-            .register(Box::new(upstream_seconds.clone()))
-            .expect("register");
+        for h in [&upstream_seconds, &admission_hold_seconds] {
+            registry.register(Box::new(h.clone())).expect("register");
+        }
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -101,6 +129,8 @@ impl Metrics {
                 upstream_seconds,
                 reloads,
                 lua_errors,
+                admission_held,
+                admission_hold_seconds,
             }),
         }
     }
@@ -153,6 +183,19 @@ impl Metrics {
     /// A Lua error in a request's `phase` (`access` or `log`).
     pub fn lua_error(&self, phase: &str) {
         self.inner.lua_errors.with_label_values(&[phase]).inc();
+    }
+
+    /// A buy held by an admission window for `held`, ending `outcome`
+    /// (`admitted`, or `gone`: its client left during the hold).
+    pub fn admission_hold(&self, outcome: &str, held: Duration) {
+        self.inner
+            .admission_held
+            .with_label_values(&[outcome])
+            .inc();
+        self.inner
+            .admission_hold_seconds
+            .with_label_values(&[outcome])
+            .observe(held.as_secs_f64());
     }
 
     /// The text exposition of every metric.

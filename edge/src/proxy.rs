@@ -10,6 +10,11 @@
 //! records metrics and the access log (`http.access_log`), then runs the
 //! Lua log phase.
 //!
+//! While a buy is held by an item's admission window
+//! ([`admission`](crate::admission), inside `seckill.permit`), the
+//! request's connection is watched: a client that closes it ends the hold,
+//! and the request ends with nothing taken, forwarded or answered.
+//!
 //! Retries: only connect failures are retried (on another backend), so a
 //! buy request that reached a backend is never replayed.
 
@@ -35,6 +40,7 @@ use serde_json::json;
 
 use crate::{
     access::{LogPhase, LuaAccess},
+    admission::ClientLink,
     clock,
     identity::{IDENTITY_HEADERS, Identity, ROLE_HEADER, USER_HEADER},
     metrics::Metrics,
@@ -171,6 +177,20 @@ async fn drain_small_body(session: &mut Session) {
     if !small || session.drain_request_body().await.is_err() {
         session.set_keepalive(None);
     }
+}
+
+/// Resolves when the client closes its connection during a hold of the
+/// admission window (never, if no hold starts). Only a request whose body
+/// is read whole is watched: reading past it is then reading the
+/// connection itself (Pingora answers a close, or bytes sent after the
+/// body, as an error).
+async fn watch_client(session: &mut Session, link: &ClientLink) {
+    link.holding().await;
+    if session.is_body_done() && session.read_body_or_idle(true).await.is_err() {
+        link.client_gone();
+        return;
+    }
+    std::future::pending().await
 }
 
 /// How long a client may take to send the body the access phase reads
@@ -506,10 +526,26 @@ impl Edge {
         lreq.vars.insert("user_id".to_owned(), user);
         lreq.vars.insert("user_role".to_owned(), role);
 
-        let decision = self.access.run(lreq).await;
+        // The access phase, and the client's connection once a hold of the
+        // admission window starts in it.
+        let link = ClientLink::new();
+        let run = link.scope(self.access.run(lreq));
+        tokio::pin!(run);
+        let decision = tokio::select! {
+            d = &mut run => d,
+            () = watch_client(session, &link) => run.await,
+        };
         ctx.permits = decision.permits;
         ctx.reason = decision.reason;
         ctx.lua_log = decision.log;
+        if link.is_gone() {
+            // Held, and the client left: whatever the script decided,
+            // nothing is forwarded and nobody is there to answer.
+            self.settle(ctx, Some(Effect::Kept));
+            ctx.answered = Some("client_gone");
+            session.set_keepalive(None);
+            return Ok(true);
+        }
         if let Some(e) = &decision.error {
             tracing::error!(error = %e, "access script failed");
         }

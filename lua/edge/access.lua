@@ -13,9 +13,12 @@
 -- burst) -> true | false, retry_ms, seckill.network(addr, v4_prefix,
 -- v6_prefix) -> "a.b.c.0/24" | nil, and seckill.permit(round, item, qty) ->
 -- "ok" | "off" | "sold_out" | "insufficient", units_left | "wait", retry_ms
--- | "unknown" | "unavailable", retry_ms. The buy's `qty` is read from its
--- JSON body (1 when absent); a body the backend would refuse is passed on
--- with a permit for one unit, and the backend answers it.
+-- | "unknown" | "unavailable", retry_ms | "gone" (the client left while the
+-- item's admission window held the buy: whatever is answered goes nowhere).
+-- Within an item's admission window seckill.permit first waits for the
+-- buy's random moment (the edge's rule, not policy). The buy's `qty` is
+-- read from its JSON body (1 when absent); a body the backend would refuse
+-- is passed on with a permit for one unit, and the backend answers it.
 -- Setting ngx.var.seckill_reason names the rejection in the edge's metrics.
 local P = _EDGE_POLICY
 if not P then

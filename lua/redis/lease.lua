@@ -24,16 +24,21 @@
 --
 -- Reply: {'unknown'} (no counters: not on sale) or
 --   {'ok', granted, pool (after granting), available, generation ('0':
---    none), held (the node's lease now), held_by_other_nodes}
+--    none), held (the node's lease now), held_by_other_nodes, starts_ms,
+--    admission_window_ms} — the last two from the stock hash (preheat), so
+--   the node learns the item's admission window with its lease, without a
+--   call of its own ('0' when absent: no window).
 local stock, leases, exps, gens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, gen = ARGV[1], ARGV[2]
 local want, ttl, mode = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
-local available = redis.call('HGET', stock, 'available')
-if not available then
+local s = redis.call('HMGET', stock, 'available', 'starts_ms',
+  'admission_window_ms')
+if not s[1] then
   return {'unknown'}
 end
-available = tonumber(available)
+local available = tonumber(s[1])
+local starts, window = s[2] or '0', s[3] or '0'
 
 local now = redis_now()
 local total, mine = live_leases(leases, exps, gens, now, node)
@@ -43,7 +48,7 @@ if current and not (mode == 'lease' and current == gen) then
     -- A renewal naming another generation changes nothing (it may have
     -- crossed a newer lease on its way): the node learns it holds none.
     return {'ok', 0, math.max(0, available - total), available, '0', 0,
-      total - mine}
+      total - mine, starts, window}
   end
   drop_lease(leases, exps, gens, node)
   total = total - mine
@@ -74,4 +79,5 @@ elseif current then
   -- Nothing left in it: the lease ends (the next one is a new generation).
   drop_lease(leases, exps, gens, node)
 end
-return {'ok', granted, math.max(0, pool - granted), available, g, held, others}
+return {'ok', granted, math.max(0, pool - granted), available, g, held, others,
+  starts, window}

@@ -3,7 +3,8 @@
 --
 -- KEYS[1] stock hash, KEYS[2] item info hash
 -- ARGV: total, starts_ms, ends_ms, per_user_limit, price_cents,
---       then alternating info field names and values.
+--       admission_window_ms (the round's; 0: off; the edge reads it with
+--       its permit lease), then alternating info field names and values.
 -- Live counters are never overwritten: preheating an item that already has
 -- counters only refreshes the window and the item data. Replies 1 when the
 -- counters were created, 0 when they already existed.
@@ -14,8 +15,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   created = 1
 end
 redis.call('HSET', KEYS[1], 'starts_ms', ARGV[2], 'ends_ms', ARGV[3],
-  'per_user_limit', ARGV[4], 'price_cents', ARGV[5])
-if #ARGV > 5 then
-  redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+  'per_user_limit', ARGV[4], 'price_cents', ARGV[5],
+  'admission_window_ms', ARGV[6])
+if #ARGV > 6 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 end
 return created

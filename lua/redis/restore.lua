@@ -74,11 +74,16 @@ if available < 0 then
   over = -available
   available = 0
 end
+-- The round's admission window is preheat's to write; it survives here.
+local admission = redis.call('HGET', stock, 'admission_window_ms')
 redis.call('DEL', stock)
 redis.call('HSET', stock, 'total', total, 'available', available,
   'reserved', reserved, 'sold', sold, 'starts_ms', ARGV[7],
   'ends_ms', ARGV[8], 'per_user_limit', ARGV[9], 'price_cents', ARGV[10],
   'verified', run)
+if admission then
+  redis.call('HSET', stock, 'admission_window_ms', admission)
+end
 -- The lease generation counter stays, so new leases never reuse one.
 local seq = redis.call('HGET', KEYS[7], '#seq')
 redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])

@@ -114,6 +114,13 @@ pub struct NewRoundBody {
     #[schema(value_type = String, format = DateTime)]
     pub ends_at: chrono::DateTime<chrono::FixedOffset>,
     pub items: Vec<NewItemBody>,
+    /// Milliseconds from the start during which the edge admits buys in
+    /// random order instead of arrival order (0: off). At most
+    /// 60000 and less than the round's length; default 1000 (or half the
+    /// round, if that is shorter).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 60000)]
+    pub admission_window_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
@@ -138,6 +145,9 @@ pub struct NewRound {
     pub starts_at_ms: i64,
     pub ends_at_ms: i64,
     pub items: Vec<NewItem>,
+    /// The admission window at the start (0: off); see
+    /// [`NewRoundBody::admission_window_ms`].
+    pub admission_window_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +164,27 @@ pub struct NewItem {
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_STOCK: i64 = 10_000_000;
 pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+/// The admission window a round gets when none is given.
+pub const DEFAULT_ADMISSION_WINDOW_MS: i64 = 1_000;
+/// The longest admission window: what a buyer may wait at most.
+pub const MAX_ADMISSION_WINDOW_MS: i64 = 60_000;
+
+/// A round's admission window: `given`, or the default (capped at half
+/// the round's length, so a short round still gets one shorter than
+/// itself); between 0 and [`MAX_ADMISSION_WINDOW_MS`] and shorter than
+/// the round.
+pub fn admission_window(given: Option<i64>, round_ms: i64) -> Result<i64, String> {
+    let w = given.unwrap_or(DEFAULT_ADMISSION_WINDOW_MS.min(round_ms / 2));
+    if !(0..=MAX_ADMISSION_WINDOW_MS).contains(&w) {
+        return Err(format!(
+            "admission_window_ms must be 0-{MAX_ADMISSION_WINDOW_MS}"
+        ));
+    }
+    if w > 0 && w >= round_ms {
+        return Err("admission_window_ms must be shorter than the round".into());
+    }
+    Ok(w)
+}
 
 impl NewRound {
     pub fn parse(body: NewRoundBody) -> Result<Self, String> {
@@ -175,11 +206,14 @@ impl NewRound {
             .enumerate()
             .map(|(i, it)| NewItem::parse(it).map_err(|e| format!("items[{i}]: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let admission_window_ms =
+            admission_window(body.admission_window_ms, ends_at_ms - starts_at_ms)?;
         Ok(Self {
             name,
             starts_at_ms,
             ends_at_ms,
             items,
+            admission_window_ms,
         })
     }
 }
@@ -274,6 +308,32 @@ mod tests {
         .unwrap();
         assert_eq!(r.items[0].per_user_limit, 1);
         assert_eq!(r.ends_at_ms - r.starts_at_ms, 3_600_000);
+        assert_eq!(r.admission_window_ms, DEFAULT_ADMISSION_WINDOW_MS);
+    }
+
+    #[test]
+    fn admission_window_is_bounded_by_the_round() {
+        let hour = 3_600_000;
+        assert_eq!(admission_window(None, hour), Ok(1_000));
+        assert_eq!(admission_window(Some(0), hour), Ok(0));
+        assert_eq!(admission_window(Some(60_000), hour), Ok(60_000));
+        assert!(admission_window(Some(60_001), hour).is_err());
+        assert!(admission_window(Some(-1), hour).is_err());
+        // Shorter than the round it opens.
+        assert!(admission_window(Some(5_000), 5_000).is_err());
+        assert_eq!(admission_window(Some(4_999), 5_000), Ok(4_999));
+        assert_eq!(admission_window(Some(0), 1), Ok(0));
+        // The default never refuses a short round.
+        assert_eq!(admission_window(None, 600), Ok(300));
+        assert_eq!(admission_window(None, 1), Ok(0));
+
+        let mut b = body(serde_json::json!([{
+            "title": "Phone", "original_price_cents": 1, "sale_price_cents": 1, "stock": 1
+        }]));
+        b.admission_window_ms = Some(250);
+        assert_eq!(NewRound::parse(b.clone()).unwrap().admission_window_ms, 250);
+        b.admission_window_ms = Some(hour);
+        assert!(NewRound::parse(b).is_err());
     }
 
     #[test]

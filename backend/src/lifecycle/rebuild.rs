@@ -89,6 +89,7 @@ pub fn preheat_of<'a>(r: &round::Model, it: &item::Model) -> Preheat<'a> {
             ("sale_price_cents", it.sale_price_cents.to_string()),
             ("original_price_cents", it.original_price_cents.to_string()),
         ],
+        admission_window_ms: r.admission_window_ms,
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn create(
         reject_reason: Set(None),
         created_at_ms: Set(now_ms),
         updated_at_ms: Set(now_ms),
+        admission_window_ms: Set(new.admission_window_ms),
         ..Default::default()
     }
     .insert(&txn)

@@ -147,6 +147,9 @@ pub struct Preheat<'a> {
     pub per_user_limit: i64,
     pub price_cents: i64,
     pub info: Vec<(&'a str, String)>,
+    /// The round's admission window (ms from the start, 0: off), read by
+    /// the edge with its permit lease.
+    pub admission_window_ms: i64,
 }
 
 /// An attempt as stored in Redis.
@@ -313,7 +316,8 @@ impl SaleStore {
             .arg(p.starts_ms)
             .arg(p.ends_ms)
             .arg(p.per_user_limit)
-            .arg(p.price_cents);
+            .arg(p.price_cents)
+            .arg(p.admission_window_ms);
         for (f, v) in &p.info {
             inv.arg(*f).arg(v);
         }

@@ -221,3 +221,108 @@ async fn the_metrics_show_each_open_items_counters() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_admission_window_is_stored_returned_preheated_and_bounded() {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    use seckill_backend::store::entities::round;
+
+    let app = TestApp::spawn().await;
+    let op = app.token("operator-1", Role::Operator);
+    let ap = app.token("approver-1", Role::Approver);
+    let now = app.now_ms();
+    let ts = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let body = |window: Option<i64>| {
+        let mut b = json!({
+            "name": "windowed",
+            "starts_at": ts(now - 1_000),
+            "ends_at": ts(now + 3_599_000),
+            "items": [item(3, 1)],
+        });
+        if let Some(w) = window {
+            b["admission_window_ms"] = json!(w);
+        }
+        b
+    };
+
+    // Without one: the default.
+    let r = app.post_json("/admin/rounds", &op, Some(body(None))).await;
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["admission_window_ms"], 1_000);
+
+    // Refused, and nothing created: out of bounds, or not shorter than the
+    // round (an hour).
+    let count = || async { round::Entity::find().count(&app.state.db).await.unwrap() };
+    let before = count().await;
+    for bad in [-1, 60_001, 3_600_000] {
+        let r = app
+            .post_json("/admin/rounds", &op, Some(body(Some(bad))))
+            .await;
+        assert_eq!(r.status(), 400, "window {bad}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "bad_request");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("admission_window_ms"),
+            "{v}"
+        );
+    }
+    let r = app
+        .post_json(
+            "/admin/rounds",
+            &op,
+            Some(
+                json!({"name": "x", "starts_at": ts(now), "ends_at": ts(now + 10_000),
+                "items": [item(1, 1)], "admission_window_ms": "soon"}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(count().await, before, "a refused round changes nothing");
+
+    // Given: stored, returned everywhere, preheated beside the start.
+    let r = app
+        .post_json("/admin/rounds", &op, Some(body(Some(2_500))))
+        .await;
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let id = v["id"].as_i64().unwrap();
+    let item_id = v["items"][0]["id"].as_i64().unwrap();
+    assert_eq!(v["admission_window_ms"], 2_500);
+    for step in ["submit", "approve"] {
+        let token = if step == "submit" { &op } else { &ap };
+        let r = app
+            .post_json(&format!("/admin/rounds/{id}/{step}"), token, None)
+            .await;
+        assert_eq!(r.status(), 200, "{step}");
+    }
+    let (s, v) = app.get(&format!("/admin/rounds/{id}"), &op).await;
+    assert_eq!((s, v["admission_window_ms"].as_i64()), (200, Some(2_500)));
+    let buyer = app.token("viewer", Role::Buyer);
+    let (s, v) = app.get("/api/rounds", &buyer).await;
+    assert_eq!(s, 200);
+    let listed = v["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .expect("the approved round is listed");
+    assert_eq!(listed["admission_window_ms"], 2_500);
+    let stock = app.state.sale.keys(id, item_id).stock();
+    let (window, starts): (i64, i64) = redis::cmd("HMGET")
+        .arg(&stock)
+        .arg("admission_window_ms")
+        .arg("starts_ms")
+        .query_async(&mut app.state.sale.connection())
+        .await
+        .unwrap();
+    assert_eq!((window, starts), (2_500, now - 1_000));
+    app.teardown().await;
+}

@@ -71,6 +71,10 @@ pub enum LeaseReply {
         held: i64,
         /// Units other nodes' leases hold.
         others: i64,
+        /// The sale's start (ms since the epoch; 0: not recorded).
+        starts_ms: i64,
+        /// The round's admission window in ms (0: none).
+        admission_window_ms: i64,
     },
 }
 
@@ -276,6 +280,8 @@ fn parse(v: &[redis::Value]) -> Result<LeaseReply, LeaseError> {
         s(i).and_then(|x| x.parse().ok())
             .ok_or_else(|| LeaseError::Reply(format!("{v:?}")))
     };
+    // Absent from a stock hash preheated without them: no window.
+    let opt = |i: usize| s(i).and_then(|x| x.parse().ok()).unwrap_or(0);
     match s(0).as_deref() {
         Some("unknown") => Ok(LeaseReply::Unknown),
         Some("ok") => Ok(LeaseReply::Granted {
@@ -285,6 +291,8 @@ fn parse(v: &[redis::Value]) -> Result<LeaseReply, LeaseError> {
             generation: n(4)? as u64,
             held: n(5)?,
             others: n(6)?,
+            starts_ms: opt(7),
+            admission_window_ms: opt(8),
         }),
         _ => Err(LeaseError::Reply(format!("{v:?}"))),
     }

@@ -31,6 +31,13 @@
 //! `Unavailable` at once), and a node that cannot renew stops using its
 //! permits before Redis could hand them to someone else.
 //!
+//! Within an item's admission window ([`admission`](crate::admission)),
+//! a buy takes no permit on arrival: it is held first and asks at its
+//! random moment. The window (the item's start and length) comes with
+//! every lease reply and is kept with the item, so it costs no Redis call
+//! of its own; an item this node has never leased learns it from its first
+//! lease, before that buy takes anything.
+//!
 //! This module does not decide policy (the Lua access script calls
 //! [`Permits::acquire`]) and never talks to the backend.
 
@@ -48,7 +55,11 @@ use std::{
 pub use lease::{LEASE_LUA, LeaseCall, LeaseClient, LeaseError, LeaseReply, Mode};
 pub use seckill_proto::permit::{EdgePermit, Effect};
 
-use crate::metrics::Metrics;
+use crate::{
+    admission::{self, Held, Window},
+    clock,
+    metrics::Metrics,
+};
 
 /// An item on sale: `(round id, item id)`.
 pub type ItemId = (i64, i64);
@@ -69,6 +80,9 @@ pub enum Verdict {
     Unknown,
     /// Redis could not be asked: retry after this many ms.
     Unavailable(u64),
+    /// The client went away while the buy was held by the admission
+    /// window: nothing was taken, nothing is to be forwarded.
+    Gone,
 }
 
 /// Permits held by one forwarded request. Settle them with
@@ -112,6 +126,9 @@ struct Local {
     last_used: Instant,
     /// Answer without Redis until then.
     blocked: Option<(Instant, Block)>,
+    /// The item's admission window, from the last lease reply (`None`:
+    /// never leased yet).
+    window: Option<Window>,
 }
 
 impl Local {
@@ -124,7 +141,18 @@ impl Local {
             resync: false,
             last_used: Instant::now(),
             blocked: None,
+            window: None,
         }
+    }
+
+    fn sold_out(&self, now: Instant) -> bool {
+        matches!(self.blocked, Some((until, Block::SoldOut)) if now < until)
+    }
+
+    /// A buy now must be held first: the item is in its admission window
+    /// (and not known to be sold out, which needs no order).
+    fn in_window(&self, now: Instant) -> bool {
+        !self.sold_out(now) && self.window.is_some_and(|w| w.covers(clock::now_ms()))
     }
 
     fn holds_lease(&self) -> bool {
@@ -261,20 +289,71 @@ impl Permits {
             return Some(Verdict::Unknown);
         }
         let item = self.item(id);
-        self.try_local(id, &item, units)
+        self.try_local(id, &item, units, true)
     }
 
     /// Takes permits for `units` of `item`, leasing from Redis when the
-    /// node's hand has too few.
+    /// node's hand has too few. Within the item's admission window the buy
+    /// is held first ([`admission::hold`]) and takes nothing before its
+    /// moment; a buy whose client leaves meanwhile gets [`Verdict::Gone`].
     pub async fn acquire(&self, id: ItemId, units: i64) -> Verdict {
-        if let Some(v) = self.try_acquire(id, units) {
-            return v;
+        let mut may_hold = true;
+        loop {
+            if self.inner.unknown.contains_key(&id) {
+                return Verdict::Unknown;
+            }
+            let item = self.item(id);
+            if may_hold && let Some(wait) = self.hold_for(&item) {
+                may_hold = false;
+                if admission::hold(wait, &self.inner.metrics).await == Held::Gone {
+                    return Verdict::Gone;
+                }
+            }
+            // `None`: the lease reply showed the item in its window; hold.
+            if let Some(v) = self.acquire_from(id, &item, units, may_hold).await {
+                return v;
+            }
         }
-        let item = self.item(id);
+    }
+
+    /// How long a buy of `item` asking now is held (`None`: not at all).
+    fn hold_for(&self, item: &Item) -> Option<Duration> {
+        let l = item.local.lock().expect("permit lock");
+        if !l.in_window(Instant::now()) {
+            return None;
+        }
+        l.window?.hold(clock::now_ms(), fastrand::f64())
+    }
+
+    /// [`Permits::acquire`] past the hold (`may_hold`: none happened yet).
+    /// `None` when a lease reply just showed the item in its admission
+    /// window: nothing was taken, the buy must be held first.
+    async fn acquire_from(
+        &self,
+        id: ItemId,
+        item: &Item,
+        units: i64,
+        may_hold: bool,
+    ) -> Option<Verdict> {
+        // In the window, `try_local` takes nothing: hold first.
+        let hold_first = || {
+            may_hold
+                && item
+                    .local
+                    .lock()
+                    .expect("permit lock")
+                    .in_window(Instant::now())
+        };
+        if let Some(v) = self.try_local(id, item, units, may_hold) {
+            return Some(v);
+        }
+        if hold_first() {
+            return None;
+        }
         // Redis failed lately: one buy probes it, the others are answered.
         let probe = if self.inner.down.load(Ordering::Acquire) {
             if self.inner.probing.swap(true, Ordering::AcqRel) {
-                return self.unavailable();
+                return Some(self.unavailable());
             }
             Probe(Some(&self.inner.probing))
         } else {
@@ -284,11 +363,15 @@ impl Permits {
         // Whoever holds the lock is in a lease call bounded by the same
         // deadline.
         let Ok(_refill) = tokio::time::timeout(deadline * 2, item.refill.lock()).await else {
-            return self.unavailable();
+            return Some(self.unavailable());
         };
         // Someone else may have refilled while we waited.
-        if let Some(v) = self.try_local(id, &item, units) {
-            return v;
+        if let Some(v) = self.try_local(id, item, units, may_hold) {
+            return Some(v);
+        }
+        if hold_first() {
+            // Someone else's lease reply showed the window meanwhile.
+            return None;
         }
         let (mode, generation, want) = {
             let l = item.local.lock().expect("permit lock");
@@ -308,7 +391,7 @@ impl Permits {
             .await;
         drop(probe);
         let mut l = item.local.lock().expect("permit lock");
-        match reply {
+        Some(match reply {
             Err(e) => {
                 self.failed(id, &e);
                 // A call that timed out may still run later: our view of
@@ -334,10 +417,22 @@ impl Permits {
                 available,
                 generation,
                 held,
+                starts_ms,
+                admission_window_ms,
                 ..
             }) => {
                 self.inner.down.store(false, Ordering::Release);
                 self.apply(id, &mut l, sent, mode, granted, generation, held);
+                l.window = Some(Window {
+                    starts_ms,
+                    window_ms: admission_window_ms,
+                });
+                if may_hold && available > 0 && l.in_window(Instant::now()) {
+                    // The item is in its admission window: this buy is
+                    // held before it takes anything (the grant stays in
+                    // the hand).
+                    return None;
+                }
                 if l.hand >= units {
                     Verdict::Granted(self.take(id, &mut l, units))
                 } else {
@@ -357,7 +452,7 @@ impl Permits {
                     verdict
                 }
             }
-        }
+        })
     }
 
     fn failed(&self, id: ItemId, e: &LeaseError) {
@@ -385,8 +480,9 @@ impl Permits {
     }
 
     /// Permits from the hand, or the cached answer, or `None` when Redis
-    /// must be asked.
-    fn try_local(&self, id: ItemId, item: &Item, units: i64) -> Option<Verdict> {
+    /// must be asked — or, with `may_hold`, when the item is in its
+    /// admission window (the buy is held before it takes anything).
+    fn try_local(&self, id: ItemId, item: &Item, units: i64, may_hold: bool) -> Option<Verdict> {
         let mut l = item.local.lock().expect("permit lock");
         let now = Instant::now();
         l.last_used = now;
@@ -395,6 +491,9 @@ impl Permits {
             // and hand its units to another node. Stop using them.
             let dropped = l.forget();
             self.inner.metrics.permits(id, "expired", dropped);
+        }
+        if may_hold && l.in_window(now) {
+            return None;
         }
         if l.hand >= units && l.generation != 0 {
             return Some(Verdict::Granted(self.take(id, &mut l, units)));
@@ -564,8 +663,14 @@ impl Permits {
                     granted,
                     generation,
                     held,
+                    starts_ms,
+                    admission_window_ms,
                     ..
                 }) => {
+                    l.window = Some(Window {
+                        starts_ms,
+                        window_ms: admission_window_ms,
+                    });
                     if call.mode == Mode::Release {
                         let dropped = l.forget();
                         self.inner.metrics.permits(call.item, "released", dropped);

@@ -150,9 +150,29 @@ impl Backend {
         self.keys().mint(sub, role, 3600)
     }
 
-    /// Creates, submits and approves a round of `items`, open now.
+    /// Creates, submits and approves a round of `items`, open now, without
+    /// an admission window (tests about the window set their own:
+    /// [`Backend::approve_round`]).
     pub async fn open_round(&self, items: Value) -> (i64, Vec<i64>) {
-        let now = chrono::Utc::now().timestamp_millis();
+        let starts = chrono::Utc::now().timestamp_millis() + 300;
+        let opened = self.approve_round(items, starts, 0).await;
+        // Wait for the window to open.
+        let wait = starts - chrono::Utc::now().timestamp_millis();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
+        }
+        opened
+    }
+
+    /// Creates, submits and approves a round of `items` starting at
+    /// `starts_ms` (ms since the epoch), for an hour, with the admission
+    /// window `window_ms`; does not wait for the start.
+    pub async fn approve_round(
+        &self,
+        items: Value,
+        starts_ms: i64,
+        window_ms: i64,
+    ) -> (i64, Vec<i64>) {
         let ts = |ms: i64| {
             chrono::DateTime::from_timestamp_millis(ms)
                 .unwrap()
@@ -160,9 +180,10 @@ impl Backend {
         };
         let body = json!({
             "name": "Edge test round",
-            "starts_at": ts(now + 300),
-            "ends_at": ts(now + 3_600_000),
+            "starts_at": ts(starts_ms),
+            "ends_at": ts(starts_ms + 3_600_000),
             "items": items,
+            "admission_window_ms": window_ms,
         });
         let url = |p: &str| format!("http://{}{p}", self.addr);
         let op = self.token("operator-1", Role::Operator);
@@ -176,6 +197,7 @@ impl Backend {
             .unwrap();
         assert_eq!(r.status(), 201, "create round");
         let round: Value = r.json().await.unwrap();
+        assert_eq!(round["admission_window_ms"], window_ms);
         let id = round["id"].as_i64().unwrap();
         let r = self
             .client
@@ -194,12 +216,6 @@ impl Backend {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "approve");
-        // Wait for the window to open.
-        let starts = now + 300;
-        let wait = starts - chrono::Utc::now().timestamp_millis();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
-        }
         let items = round["items"]
             .as_array()
             .unwrap()

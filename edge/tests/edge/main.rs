@@ -1,6 +1,7 @@
 //! Integration tests: the real `seckill-edge` binary on free ports, in
 //! front of an in-process backend (real Redis, RabbitMQ, SQLite).
 
+mod admission;
 mod helpers;
 mod lease;
 mod limits;

@@ -17,6 +17,8 @@ pub struct Model {
     pub reject_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// How long after the start the edge admits buys in random order (0: off).
+    pub admission_window_ms: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
