@@ -111,6 +111,7 @@ mod tests {
             reject_reason: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            pow_difficulty: 0,
         };
         let i = item::Model {
             id: 2,

@@ -151,6 +151,11 @@ impl Application {
                     config.tickets.secret.as_bytes(),
                 ))
             }),
+            pow: config.tickets.enabled.then(|| {
+                Arc::new(seckill_proto::pow::PowKeys::new(
+                    config.tickets.secret.as_bytes(),
+                ))
+            }),
         };
         let workers = config
             .writer

@@ -167,6 +167,7 @@ async fn reconcile_and_dead_letters_subcommands() {
             stock: 7,
             per_user_limit: 1,
         }],
+        pow_difficulty: 0,
     };
     let r = rounds::create(&conn, &new, "op", now).await.unwrap();
     round::Entity::update_many()

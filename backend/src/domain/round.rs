@@ -114,6 +114,11 @@ pub struct NewRoundBody {
     #[schema(value_type = String, format = DateTime)]
     pub ends_at: chrono::DateTime<chrono::FixedOffset>,
     pub items: Vec<NewItemBody>,
+    /// Keys the ticket's proof-of-work challenge makes a buyer derive at
+    /// most (0-[`MAX_POW_DIFFICULTY`]); 0, the default, asks for none.
+    /// Needs purchase tickets (`tickets.enabled`).
+    #[serde(default)]
+    pub pow_difficulty: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
@@ -138,6 +143,8 @@ pub struct NewRound {
     pub starts_at_ms: i64,
     pub ends_at_ms: i64,
     pub items: Vec<NewItem>,
+    /// 0: no challenge.
+    pub pow_difficulty: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +161,7 @@ pub struct NewItem {
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_STOCK: i64 = 10_000_000;
 pub const MAX_PRICE_CENTS: i64 = 100_000_000_000;
+pub const MAX_POW_DIFFICULTY: i64 = seckill_proto::pow::MAX_DIFFICULTY as i64;
 
 impl NewRound {
     pub fn parse(body: NewRoundBody) -> Result<Self, String> {
@@ -175,11 +183,16 @@ impl NewRound {
             .enumerate()
             .map(|(i, it)| NewItem::parse(it).map_err(|e| format!("items[{i}]: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let pow_difficulty = body.pow_difficulty.unwrap_or(0);
+        if !(0..=MAX_POW_DIFFICULTY).contains(&pow_difficulty) {
+            return Err(format!("pow_difficulty must be 0-{MAX_POW_DIFFICULTY}"));
+        }
         Ok(Self {
             name,
             starts_at_ms,
             ends_at_ms,
             items,
+            pow_difficulty,
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct PublicRound {
     pub starts_at_ms: i64,
     pub ends_at_ms: i64,
     pub items: Vec<PublicItem>,
+    /// The ticket challenge's difficulty (0: none; see
+    /// `GET /api/rounds/{round_id}/items/{item_id}/challenge`).
+    pub pow_difficulty: i64,
 }
 
 /// An item as anyone sees it ([`public_item`]).
@@ -125,6 +128,7 @@ pub fn public_round(r: &RoundWithItems) -> Value {
         "starts_at_ms": r.round.starts_at_ms,
         "ends_at_ms": r.round.ends_at_ms,
         "items": r.items.iter().map(|i| public_item(r.round.id, i)).collect::<Vec<_>>(),
+        "pow_difficulty": r.round.pow_difficulty,
     })
 }
 

@@ -38,6 +38,7 @@ pub async fn create(
         reject_reason: Set(None),
         created_at_ms: Set(now_ms),
         updated_at_ms: Set(now_ms),
+        pow_difficulty: Set(new.pow_difficulty),
         ..Default::default()
     }
     .insert(&txn)

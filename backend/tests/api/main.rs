@@ -5,6 +5,7 @@
 mod admin;
 mod bad_input;
 mod buy;
+mod challenge;
 #[path = "../common/mod.rs"]
 mod common;
 mod console;

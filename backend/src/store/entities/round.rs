@@ -17,6 +17,9 @@ pub struct Model {
     pub reject_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Keys a ticket's proof-of-work challenge makes a buyer derive at
+    /// most; 0: no challenge.
+    pub pow_difficulty: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
