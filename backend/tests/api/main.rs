@@ -4,6 +4,8 @@
 
 mod admin;
 mod bad_input;
+#[path = "../common/browser.rs"]
+mod browser;
 mod buy;
 mod challenge;
 #[path = "../common/mod.rs"]
