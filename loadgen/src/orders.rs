@@ -177,6 +177,7 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
             stock: opts.rows as i64,
             per_user_limit: 1,
         }],
+        pow_difficulty: 0,
     };
     let created = rounds::create(&db, &new, "bench", now).await?;
     let (round, item_id) = (created.round.id, created.items[0].id);
