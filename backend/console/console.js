@@ -169,6 +169,7 @@ $('round-form').addEventListener('submit', async (ev) => {
     starts_at: $('round-starts').value.trim(),
     ends_at: $('round-ends').value.trim(),
     items,
+    pow_difficulty: number($('round-pow').value || '0'),
   };
   const r = await attempt('create-msg', () => call('POST', '/admin/rounds', body));
   if (!r) return;

@@ -259,6 +259,10 @@ pub struct TicketsConfig {
     pub per_client_limit: u64,
     /// The window of both request limits, in ms.
     pub limit_window_ms: u64,
+    /// How long a proof-of-work challenge (rounds with `pow_difficulty`)
+    /// can be solved and used after it was handed out, in ms (never past
+    /// the round's end).
+    pub challenge_ttl_ms: u64,
 }
 
 impl Default for TicketsConfig {
@@ -271,6 +275,7 @@ impl Default for TicketsConfig {
             per_user_limit: 5,
             per_client_limit: 50,
             limit_window_ms: 10_000,
+            challenge_ttl_ms: 600_000,
         }
     }
 }
@@ -285,6 +290,7 @@ impl fmt::Debug for TicketsConfig {
             .field("per_user_limit", &self.per_user_limit)
             .field("per_client_limit", &self.per_client_limit)
             .field("limit_window_ms", &self.limit_window_ms)
+            .field("challenge_ttl_ms", &self.challenge_ttl_ms)
             .finish()
     }
 }
@@ -629,6 +635,9 @@ impl Config {
         }
         if t.limit_window_ms == 0 || t.limit_window_ms > 3_600_000 {
             return Err(invalid("tickets.limit_window_ms", "1-3600000 (one hour)"));
+        }
+        if t.challenge_ttl_ms == 0 || t.challenge_ttl_ms > 3_600_000 {
+            return Err(invalid("tickets.challenge_ttl_ms", "1-3600000 (one hour)"));
         }
         Ok(())
     }

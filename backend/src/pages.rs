@@ -1,6 +1,9 @@
 //! Renders the static sale pages the edge serves: one HTML page per item
 //! with its data baked in, plus the shared script and style sheet that load
-//! the dynamic parts (clock sync, countdown, buy, polling).
+//! the dynamic parts (clock sync, countdown, ticket and its proof-of-work
+//! challenge, buy, polling). The data says whether purchase tickets are on
+//! (and their lead time) and whether the round has a challenge, as they
+//! were when the page was rendered (approval, preheat).
 //!
 //! Files are written to a temporary name and renamed, so the edge never
 //! serves half a page. Layout under `pages.dir`:
@@ -22,6 +25,8 @@ const SALE_CSS: &str = include_str!("../templates/sale.css");
 pub struct PageRenderer {
     dir: PathBuf,
     env: Environment<'static>,
+    /// `tickets.lead_ms` when purchase tickets are on.
+    ticket_lead_ms: Option<u64>,
 }
 
 impl PageRenderer {
@@ -29,7 +34,18 @@ impl PageRenderer {
         let mut env = Environment::new();
         env.add_template("item.html", ITEM_TEMPLATE)
             .expect("item template parses");
-        Self { dir, env }
+        Self {
+            dir,
+            env,
+            ticket_lead_ms: None,
+        }
+    }
+
+    /// Pages of a sale with purchase tickets (`tickets.enabled`), handed
+    /// out from `lead_ms` before the start; `None`: tickets are off.
+    pub fn with_tickets(mut self, lead_ms: Option<u64>) -> Self {
+        self.ticket_lead_ms = lead_ms;
+        self
     }
 
     /// Writes the shared assets and the index page.
@@ -41,12 +57,17 @@ impl PageRenderer {
 
     /// The HTML of one item's page.
     pub fn item_html(&self, r: &round::Model, i: &item::Model) -> Result<String, minijinja::Error> {
+        let challenge = self.ticket_lead_ms.is_some() && r.pow_difficulty > 0;
         let data = serde_json::json!({
             "round_id": r.id,
             "item_id": i.id,
             "starts_at_ms": r.starts_at_ms,
             "ends_at_ms": r.ends_at_ms,
             "per_user_limit": i.per_user_limit,
+            "tickets": self.ticket_lead_ms.is_some(),
+            "ticket_lead_ms": self.ticket_lead_ms.unwrap_or(0),
+            "challenge": challenge,
+            "pow_difficulty": r.pow_difficulty,
         });
         // Safe inside <script type="application/json">: no "<" survives.
         let data = data.to_string().replace('<', "\\u003c");
@@ -59,6 +80,8 @@ impl PageRenderer {
             original_price => cents(i.original_price_cents),
             stock => i.stock,
             per_user_limit => i.per_user_limit,
+            tickets => self.ticket_lead_ms.is_some(),
+            challenge => challenge,
             data_json => data,
         })
     }
@@ -112,6 +135,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             admission_window_ms: 0,
+            pow_difficulty: 0,
         };
         let i = item::Model {
             id: 2,
@@ -131,5 +155,22 @@ mod tests {
         assert!(html.contains("123.45"));
         assert!(html.contains("0.05"));
         assert!(html.contains(r#""item_id":2"#));
+        assert!(html.contains(r#""tickets":false"#));
+        assert!(html.contains(r#""challenge":false"#));
+
+        // With tickets, a round with a difficulty says it has a challenge.
+        let r = round::Model {
+            pow_difficulty: 500,
+            ..r
+        };
+        let html = PageRenderer::new(PathBuf::from("/nonexistent"))
+            .with_tickets(Some(2_000))
+            .item_html(&r, &i)
+            .unwrap();
+        assert!(html.contains(r#""tickets":true"#));
+        assert!(html.contains(r#""ticket_lead_ms":2000"#));
+        assert!(html.contains(r#""challenge":true"#));
+        assert!(html.contains(r#""pow_difficulty":500"#));
+        assert!(html.contains("purchase ticket"));
     }
 }

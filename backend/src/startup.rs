@@ -126,7 +126,10 @@ impl Application {
         if let Err(e) = publisher.warm_up().await {
             tracing::warn!(error = %e, "rabbitmq not reachable yet; order messages are spooled until it is");
         }
-        let pages = Arc::new(PageRenderer::new(config.pages.dir.clone()));
+        let pages = Arc::new(
+            PageRenderer::new(config.pages.dir.clone())
+                .with_tickets(config.tickets.enabled.then_some(config.tickets.lead_ms)),
+        );
         pages
             .write_assets()
             .await
@@ -148,6 +151,11 @@ impl Application {
             stopping: CancellationToken::new(),
             tickets: config.tickets.enabled.then(|| {
                 Arc::new(seckill_proto::ticket::TicketKeys::new(
+                    config.tickets.secret.as_bytes(),
+                ))
+            }),
+            pow: config.tickets.enabled.then(|| {
+                Arc::new(seckill_proto::pow::PowKeys::new(
                     config.tickets.secret.as_bytes(),
                 ))
             }),

@@ -168,6 +168,7 @@ async fn reconcile_and_dead_letters_subcommands() {
             per_user_limit: 1,
         }],
         admission_window_ms: 0,
+        pow_difficulty: 0,
     };
     let r = rounds::create(&conn, &new, "op", now).await.unwrap();
     round::Entity::update_many()

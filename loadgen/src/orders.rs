@@ -178,6 +178,7 @@ pub async fn writer(opts: &OrdersOptions) -> anyhow::Result<OrdersReport> {
             per_user_limit: 1,
         }],
         admission_window_ms: 0,
+        pow_difficulty: 0,
     };
     let created = rounds::create(&db, &new, "bench", now).await?;
     let (round, item_id) = (created.round.id, created.items[0].id);

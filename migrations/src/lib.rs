@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_rounds_items_orders;
 mod m20261122_000002_order_lifecycle;
+mod m20261204_000003_round_pow;
 mod m20261204_000004_round_admission;
 
 /// Every migration, in order.
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_rounds_items_orders::Migration),
             Box::new(m20261122_000002_order_lifecycle::Migration),
+            Box::new(m20261204_000003_round_pow::Migration),
             Box::new(m20261204_000004_round_admission::Migration),
         ]
     }

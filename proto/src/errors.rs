@@ -12,6 +12,10 @@ pub const CODES: &[(&str, u16)] = &[
     (TICKET_OTHER_USER, 403),
     (TICKET_OTHER_ITEM, 403),
     (TICKET_USED, 403),
+    (CHALLENGE_REQUIRED, 403),
+    (CHALLENGE_FAILED, 403),
+    (CHALLENGE_USED, 403),
+    (NO_CHALLENGE, 404),
     (NOT_FOUND, 404),
     (BAD_REQUEST, 400),
     (UNSUPPORTED_MEDIA_TYPE, 415),
@@ -42,6 +46,15 @@ pub const TICKET_OTHER_USER: &str = "ticket_other_user";
 pub const TICKET_OTHER_ITEM: &str = "ticket_other_item";
 /// A ticket that already bought once.
 pub const TICKET_USED: &str = "ticket_used";
+/// A ticket request without the solved challenge its round asks for.
+pub const CHALLENGE_REQUIRED: &str = "challenge_required";
+/// A challenge solution that is malformed, forged, wrong, expired, or
+/// another buyer's or item's.
+pub const CHALLENGE_FAILED: &str = "challenge_failed";
+/// A challenge solution that already got a ticket.
+pub const CHALLENGE_USED: &str = "challenge_used";
+/// No challenge to solve: the round asks for none, or tickets are off.
+pub const NO_CHALLENGE: &str = "no_challenge";
 pub const NOT_FOUND: &str = "not_found";
 pub const BAD_REQUEST: &str = "bad_request";
 pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";

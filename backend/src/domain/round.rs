@@ -121,6 +121,11 @@ pub struct NewRoundBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 60000)]
     pub admission_window_ms: Option<i64>,
+    /// Keys the ticket's proof-of-work challenge makes a buyer derive at
+    /// most (0-[`MAX_POW_DIFFICULTY`]); 0, the default, asks for none.
+    /// Needs purchase tickets (`tickets.enabled`).
+    #[serde(default)]
+    pub pow_difficulty: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
@@ -148,6 +153,8 @@ pub struct NewRound {
     /// The admission window at the start (0: off); see
     /// [`NewRoundBody::admission_window_ms`].
     pub admission_window_ms: i64,
+    /// 0: no challenge.
+    pub pow_difficulty: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +192,7 @@ pub fn admission_window(given: Option<i64>, round_ms: i64) -> Result<i64, String
     }
     Ok(w)
 }
+pub const MAX_POW_DIFFICULTY: i64 = seckill_proto::pow::MAX_DIFFICULTY as i64;
 
 impl NewRound {
     pub fn parse(body: NewRoundBody) -> Result<Self, String> {
@@ -208,12 +216,17 @@ impl NewRound {
             .collect::<Result<Vec<_>, _>>()?;
         let admission_window_ms =
             admission_window(body.admission_window_ms, ends_at_ms - starts_at_ms)?;
+        let pow_difficulty = body.pow_difficulty.unwrap_or(0);
+        if !(0..=MAX_POW_DIFFICULTY).contains(&pow_difficulty) {
+            return Err(format!("pow_difficulty must be 0-{MAX_POW_DIFFICULTY}"));
+        }
         Ok(Self {
             name,
             starts_at_ms,
             ends_at_ms,
             items,
             admission_window_ms,
+            pow_difficulty,
         })
     }
 }

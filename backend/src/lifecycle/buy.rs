@@ -159,6 +159,8 @@ pub struct ItemFacts {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub per_user_limit: i64,
+    /// The round's ticket challenge difficulty (0: none).
+    pub pow_difficulty: i64,
 }
 
 /// Runs one buy to its end on a task of its own.
@@ -493,6 +495,7 @@ pub(crate) async fn item_facts(
             starts_ms: r.round.starts_at_ms,
             ends_ms: r.round.ends_at_ms,
             per_user_limit: i.per_user_limit,
+            pow_difficulty: r.round.pow_difficulty,
         })
     });
     lc.item_facts.insert((round_id, item_id), facts).await;

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
-use seckill_proto::ticket::TicketError;
+use seckill_proto::{pow::PowError, ticket::TicketError};
 
 use crate::{auth::TokenError, store::StoreError};
 
@@ -110,6 +110,15 @@ pub enum ApiError {
     Ticket(TicketError),
     #[error("the purchase ticket was already used; ask for a new one")]
     TicketUsed,
+    /// A ticket request's challenge solution refused (403, the
+    /// refusal's own code).
+    #[error("{0}")]
+    Challenge(PowError),
+    #[error("the challenge solution already got a ticket; solve a new challenge")]
+    ChallengeUsed,
+    /// No challenge to hand out (404).
+    #[error("{0}")]
+    NoChallenge(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -160,6 +169,9 @@ impl ApiError {
             Self::Forbidden(_) => e::FORBIDDEN,
             Self::Ticket(t) => t.code(),
             Self::TicketUsed => e::TICKET_USED,
+            Self::Challenge(c) => c.code(),
+            Self::ChallengeUsed => e::CHALLENGE_USED,
+            Self::NoChallenge(_) => e::NO_CHALLENGE,
             Self::NotFound(_) => e::NOT_FOUND,
             Self::BadRequest(_) => e::BAD_REQUEST,
             Self::UnsupportedMediaType => e::UNSUPPORTED_MEDIA_TYPE,
@@ -180,8 +192,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::Ticket(_) | Self::TicketUsed => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_)
+            | Self::Ticket(_)
+            | Self::TicketUsed
+            | Self::Challenge(_)
+            | Self::ChallengeUsed => StatusCode::FORBIDDEN,
+            Self::NotFound(_) | Self::NoChallenge(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -211,6 +227,12 @@ impl From<TokenError> for ApiError {
 impl From<TicketError> for ApiError {
     fn from(e: TicketError) -> Self {
         Self::Ticket(e)
+    }
+}
+
+impl From<PowError> for ApiError {
+    fn from(e: PowError) -> Self {
+        Self::Challenge(e)
     }
 }
 
@@ -277,6 +299,10 @@ mod tests {
             ApiError::Ticket(TicketError::OtherUser),
             ApiError::Ticket(TicketError::OtherItem),
             ApiError::TicketUsed,
+            ApiError::Challenge(PowError::Missing),
+            ApiError::Challenge(PowError::WrongSolution),
+            ApiError::ChallengeUsed,
+            ApiError::NoChallenge(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::BadRequest(String::new()),
             ApiError::UnsupportedMediaType,

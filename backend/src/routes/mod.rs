@@ -54,6 +54,9 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// The purchase-ticket keys; `None` when `tickets.enabled` is off.
     pub tickets: Option<Arc<seckill_proto::ticket::TicketKeys>>,
+    /// The ticket challenges' keys (from the tickets secret); `None` when
+    /// `tickets.enabled` is off.
+    pub pow: Option<Arc<seckill_proto::pow::PowKeys>>,
 }
 
 /// The one route table: every route the API serves, each with its OpenAPI
@@ -66,6 +69,7 @@ pub(crate) fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(rounds::list))
         .routes(routes!(buy::buy))
         .routes(routes!(tickets::issue))
+        .routes(routes!(tickets::challenge))
         .routes(routes!(attempts::get))
         .routes(routes!(orders::pay))
         .routes(routes!(admin::dead_letters))

@@ -37,6 +37,9 @@ pub struct PublicRound {
     /// How long after the start buys are admitted in random order rather
     /// than arrival order (0: off).
     pub admission_window_ms: i64,
+    /// The ticket challenge's difficulty (0: none; see
+    /// `GET /api/rounds/{round_id}/items/{item_id}/challenge`).
+    pub pow_difficulty: i64,
 }
 
 /// An item as anyone sees it ([`public_item`]).
@@ -129,6 +132,7 @@ pub fn public_round(r: &RoundWithItems) -> Value {
         "ends_at_ms": r.round.ends_at_ms,
         "items": r.items.iter().map(|i| public_item(r.round.id, i)).collect::<Vec<_>>(),
         "admission_window_ms": r.round.admission_window_ms,
+        "pow_difficulty": r.round.pow_difficulty,
     })
 }
 

@@ -16,6 +16,9 @@
 //!   (expires after a week)
 //! - `<prefix>:{r1:i2}:ticket:<ticket id>` — string: the user whose buy
 //!   spent that purchase ticket (expires with the ticket)
+//! - `<prefix>:{r1:i2}:challenge:<nonce>` — string: the user whose ticket
+//!   request spent that proof-of-work challenge's solution (expires with
+//!   the challenge)
 //! - `<prefix>:{r1:i2}:ticket_req:u:<user>`, `:ticket_req:a:<address>` —
 //!   counters of ticket requests in the current limit window
 //! - `<prefix>:{r1:i2}:leases`, `:lease_exp`, `:lease_gen` — hashes: the
@@ -87,6 +90,11 @@ impl ItemKeys {
         format!("{}:ticket:{ticket_id}", self.base)
     }
 
+    /// Set once the solution of the challenge `nonce` got a ticket.
+    pub fn challenge_used(&self, nonce: &str) -> String {
+        format!("{}:challenge:{nonce}", self.base)
+    }
+
     /// Ticket requests of one buyer in the current window.
     pub fn ticket_requests_of_user(&self, user: &str) -> String {
         format!("{}:ticket_req:u:{user}", self.base)
@@ -124,6 +132,7 @@ mod tests {
             k.rebuild_lock(),
             k.attempt("a"),
             k.ticket_used("t"),
+            k.challenge_used("n"),
             k.ticket_requests_of_user("u"),
             k.ticket_requests_of_client("127.0.0.1"),
         ] {

@@ -39,6 +39,7 @@ pub async fn create(
         created_at_ms: Set(now_ms),
         updated_at_ms: Set(now_ms),
         admission_window_ms: Set(new.admission_window_ms),
+        pow_difficulty: Set(new.pow_difficulty),
         ..Default::default()
     }
     .insert(&txn)

@@ -1,9 +1,10 @@
 //! Purchase tickets in Redis: the request counters behind the ticket
-//! limits, and the single use of each ticket. Keys share the item's hash
+//! limits, the single use of each ticket and of each solved ticket
+//! challenge. Keys share the item's hash
 //! tag ([`super::keys`]), so the spend can later move into `reserve.lua`.
 //!
-//! Signing and verifying tickets is `seckill_proto::ticket`'s; this module
-//! only counts and marks.
+//! Signing and verifying tickets and challenges is `seckill_proto`'s
+//! (`ticket`, `pow`); this module only counts and marks.
 
 use super::{SaleStore, StoreError};
 
@@ -111,5 +112,29 @@ impl SaleStore {
         let mut c = self.connection();
         let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut c).await?;
         Ok(())
+    }
+
+    /// Marks the solution of challenge `nonce` spent by `user` until
+    /// `expires_ms`; `false` when it already was (it got a ticket before).
+    pub async fn spend_challenge(
+        &self,
+        round_id: i64,
+        item_id: i64,
+        nonce: &str,
+        user: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys(round_id, item_id).challenge_used(nonce);
+        let mut c = self.connection();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(user)
+            .arg("PX")
+            .arg((expires_ms - now_ms).max(1))
+            .arg("NX")
+            .query_async(&mut c)
+            .await?;
+        Ok(set.is_some())
     }
 }

@@ -5,163 +5,34 @@
 //! live dashboard's bars reach `sold` for every unit. Also: the event
 //! stream refuses buyers, and ends when the server shuts down gracefully.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::Instant;
+
 use seckill_backend::auth::Role;
 use serde_json::{Value, json};
-use tokio::{
-    process::{Child, Command},
-    time::Instant,
+
+use crate::{
+    browser::{Browser, UI_WAIT, screenshot_path, until},
+    helpers::{TestApp, item, users},
 };
 
-use crate::helpers::{TestApp, item, users};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// How long the page may take to show what an action did.
-const UI_WAIT: Duration = Duration::from_secs(10);
-
-/// A headless Chromium behind its own chromedriver.
-struct Browser {
-    client: Client,
-    _driver: Child,
-}
-
-impl Browser {
-    async fn launch() -> Self {
-        for (path, what) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromedriver")] {
-            assert!(
-                std::path::Path::new(path).exists(),
-                "{path} is missing: the console test needs Debian's {what} \
-                 (scripts/services installs it, or: apt-get install -y chromium chromium-driver)"
-            );
-        }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver starts");
-        let url = format!("http://127.0.0.1:{port}");
-        let probe = reqwest::Client::new();
-        until(Duration::from_secs(20), "chromedriver answers", || async {
-            let r = probe.get(format!("{url}/status")).send().await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1400,1300"],
-            }),
-        );
-        let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps)
-            .connect(&url)
-            .await
-            .expect("chromium starts under chromedriver");
-        Self {
-            client,
-            _driver: driver,
-        }
-    }
-
-    async fn fill(&self, css: &str, value: &str) {
-        let e = self.client.find(Locator::Css(css)).await.expect(css);
-        e.clear().await.expect(css);
-        e.send_keys(value).await.expect(css);
-    }
-
-    async fn click(&self, css: &str) {
-        let e = self.client.find(Locator::Css(css)).await.expect(css);
-        e.click().await.expect(css);
-    }
-
-    /// Runs `script` (a function body) in the page.
-    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client.execute(script, args).await.expect(script)
-    }
-
-    /// Waits until the element's text contains `want`.
-    async fn wait_text(&self, css: &str, want: &str) -> String {
-        until(UI_WAIT, &format!("{css} shows {want:?}"), || async {
-            let e = self.client.find(Locator::Css(css)).await.ok()?;
-            let t = e.text().await.ok()?;
-            t.contains(want).then_some(t)
-        })
+async fn sign_in(b: &Browser, token: &str, sub: &str) {
+    if b.js("return !document.getElementById('who').hidden;", vec![])
         .await
+        == json!(true)
+    {
+        b.click("#signout-btn").await;
     }
-
-    /// Waits until `el.dataset[key] == want` for the element at `css`.
-    async fn wait_data(&self, css: &str, key: &str, want: &str) {
-        until(UI_WAIT, &format!("{css} has data-{key}={want}"), || async {
-            let v = self
-                .client
-                .execute(
-                    "const e = document.querySelector(arguments[0]); return e ? (e.dataset[arguments[1]] ?? null) : null;",
-                    vec![json!(css), json!(key)],
-                )
-                .await
-                .ok()?;
-            (v.as_str() == Some(want)).then_some(())
-        })
-        .await
-    }
-
-    async fn sign_in(&self, token: &str, sub: &str) {
-        if self
-            .js("return !document.getElementById('who').hidden;", vec![])
-            .await
-            == json!(true)
-        {
-            self.click("#signout-btn").await;
-        }
-        self.fill("#token", token).await;
-        self.click("#signin-btn").await;
-        self.wait_text("#who-sub", sub).await;
-    }
-}
-
-/// Retries `check` until it returns `Some`; fails naming `what` after `limit`.
-async fn until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    b.fill("#token", token).await;
+    b.click("#signin-btn").await;
+    b.wait_text("#who-sub", sub).await;
 }
 
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Where the dashboard's screenshot goes: `<target dir>/console-dashboard.png`.
-fn screenshot_path() -> PathBuf {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent()
-        .map(|t| t.to_path_buf())
-        .unwrap_or(tmp)
-        .join("console-dashboard.png")
 }
 
 /// The dashboard's bars as the page holds them: (item id, total, sold).
@@ -195,7 +66,7 @@ async fn console_runs_a_sale_from_draft_to_sold_out_in_a_browser() {
 
     // The operator signs in and creates a round; a refusal shows the API's
     // code and message.
-    b.sign_in(&operator, "operator-1").await;
+    sign_in(&b, &operator, "operator-1").await;
     let now = app.now_ms();
     b.fill("#round-name", "Console sale").await;
     b.fill("#round-starts", &rfc3339(now - 1_000)).await;
@@ -248,7 +119,7 @@ async fn console_runs_a_sale_from_draft_to_sold_out_in_a_browser() {
         .await;
 
     // A second person, holding an approver token, approves it.
-    b.sign_in(&approver, "approver-1").await;
+    sign_in(&b, &approver, "approver-1").await;
     b.wait_text("#rv-status", "submitted").await;
     b.click("#approve-btn").await;
     b.wait_text("#rv-status", "approved").await;
@@ -341,7 +212,7 @@ async fn console_runs_a_sale_from_draft_to_sold_out_in_a_browser() {
     .await;
     let png = b.client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let path = screenshot_path();
+    let path = screenshot_path("console-dashboard.png");
     std::fs::write(&path, &png).expect("write the screenshot");
     eprintln!("dashboard screenshot: {}", path.display());
 
@@ -352,7 +223,7 @@ async fn console_runs_a_sale_from_draft_to_sold_out_in_a_browser() {
     assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
     let r = app.client.get(app.url(&events)).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    b.sign_in(&buyer, "crowd-buyer").await;
+    sign_in(&b, &buyer, "crowd-buyer").await;
     b.wait_text("#who-warn", "the admin API will refuse it")
         .await;
     b.fill("#dash-round", &round.to_string()).await;

@@ -4,7 +4,10 @@
 
 mod admin;
 mod bad_input;
+#[path = "../common/browser.rs"]
+mod browser;
 mod buy;
+mod challenge;
 #[path = "../common/mod.rs"]
 mod common;
 mod console;

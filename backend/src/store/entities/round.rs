@@ -19,6 +19,9 @@ pub struct Model {
     pub updated_at_ms: i64,
     /// How long after the start the edge admits buys in random order (0: off).
     pub admission_window_ms: i64,
+    /// Keys a ticket's proof-of-work challenge makes a buyer derive at
+    /// most; 0: no challenge.
+    pub pow_difficulty: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
