@@ -321,7 +321,7 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
     let ledger = Arc::new(Ledger::default());
     let crowd = Crowd {
         clients: Arc::new(Http::per_source(
-            &[opts.target.clone()],
+            std::slice::from_ref(&opts.target),
             opts.concurrency,
             opts.request_timeout,
             &sources.sources,
