@@ -10,7 +10,8 @@
 //! with `x-seckill-ticket`; a retry after an answer that may have spent
 //! the ticket ([`ticket_spent`]) first gets a new one.
 //!
-//! Each buyer has a [`Profile`]. People click a reaction time after the
+//! Each buyer has a [`Profile`]. People load the sale page (bots go
+//! straight to the API), click a reaction time after the
 //! countdown ends and back off as the sale page does (`retry_after_ms`);
 //! some of them misbehave in the older ways ([`Behaviour`]: repeat
 //! clickers fire several buy requests at once, token forgers sign their
@@ -219,10 +220,13 @@ impl Crowd {
 
     async fn play(&self, plan: &BuyerPlan) {
         // 1. The sale page (served by the edge; absent on a bare backend).
-        let page = self
-            .http(plan)
-            .get(&format!("/sale/{}/{}/", plan.round_id, plan.item_id));
-        self.record(plan, Kind::Page, page).await;
+        //    Bots go straight to the API.
+        if !plan.profile.is_bot() {
+            let page = self
+                .http(plan)
+                .get(&format!("/sale/{}/{}/", plan.round_id, plan.item_id));
+            self.record(plan, Kind::Page, page).await;
+        }
 
         // 2. Clock sync: offset = server time − midpoint of the round trip
         //    (timed from the send, not from the wait for a permit).
@@ -285,7 +289,7 @@ impl Crowd {
         server_now: &impl Fn() -> i64,
         local: &impl Fn(i64) -> i64,
     ) -> Option<String> {
-        let ticket = if self.script.tickets {
+        let mut ticket = if self.script.tickets {
             sleep_until_unix(
                 local(self.script.ticket_window_ms()) + plan.ticket_after.as_millis() as i64,
             )
@@ -297,7 +301,15 @@ impl Crowd {
         let start_local = local(self.script.starts_at_ms);
         if plan.behaviour == Behaviour::EarlyBird {
             sleep_until_unix(start_local - plan.early_by.as_millis() as i64).await;
-            self.buy_once(plan, true, ticket.as_ref(), server_now).await;
+            let a = self.buy_once(plan, true, ticket.as_ref(), server_now).await;
+            // A crowd running late fires its "early" click after the start:
+            // an attempt it got is held like any other.
+            if let Some(id) = attempt_of(&a) {
+                return Some(id);
+            }
+            if ticket_spent(&a) {
+                ticket = None;
+            }
         }
         sleep_until_unix(start_local + plan.reaction.as_millis() as i64).await;
         match plan.behaviour {
