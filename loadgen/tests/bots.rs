@@ -377,7 +377,9 @@ async fn a_mixed_crowd_with_tickets_reports_who_won() {
         repeat_clickers: 0.0,
         forgers: 0.0,
         early_birds: 0.0,
-        start_in: Duration::from_millis(3_000),
+        // The ticket window opens 2 s before the start: time for the crowd
+        // to sync its clock first, so early bots fire ahead of it.
+        start_in: Duration::from_millis(5_000),
         duration: Duration::from_secs(60),
         concurrency: 64,
         settle: Duration::from_secs(15),
