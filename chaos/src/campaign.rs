@@ -260,6 +260,8 @@ async fn run_scenario(
             per_user_limit: 1,
             starts_at_ms: starts,
             ends_at_ms: ends,
+            admission_window_ms: None,
+            pow_difficulty: None,
         })
         .await?;
     let crowd_spec = CrowdSpec {

@@ -14,6 +14,7 @@ use seckill_backend::auth::{Role, TokenKeys};
 use seckill_loadgen::{
     buyer::{Behaviour, BuyerPlan, Crowd, Ledger, Script},
     client::Http,
+    profile::Profile,
     setup::RoundInfo,
     stats::Stats,
 };
@@ -76,6 +77,9 @@ impl CrowdRun {
             requests_per_buyer: spec.requests_per_buyer,
             clicks: 1,
             starts_at_ms: round.starts_at_ms,
+            tickets: false,
+            ticket_lead_ms: 0,
+            bot_requests: 0,
         });
         // One client per edge, preferring it and falling back to the others.
         let crowds = (0..spec.edges.len())
@@ -83,7 +87,11 @@ impl CrowdRun {
                 let mut bases = spec.edges.clone();
                 bases.rotate_left(k);
                 Ok(Crowd {
-                    http: Http::with_bases(&bases, spec.concurrency, Duration::from_secs(10))?,
+                    clients: Arc::new(vec![Http::with_bases(
+                        &bases,
+                        spec.concurrency,
+                        Duration::from_secs(10),
+                    )?]),
                     stats: stats.clone(),
                     ledger: ledger.clone(),
                     script: script.clone(),
@@ -100,11 +108,15 @@ impl CrowdRun {
             let plan = BuyerPlan {
                 token: keys.mint(&user, Role::Buyer, ttl),
                 user,
+                profile: Profile::People,
                 behaviour: Behaviour::Normal,
                 round_id: round.id,
                 item_id: item.id,
+                client: 0,
+                lender: None,
                 reaction: after + Duration::from_millis(rng.u64(0..=spread_ms)),
                 early_by: Duration::ZERO,
+                ticket_after: Duration::ZERO,
                 pays: rng.f64() < spec.pay_probability,
             };
             let c = crowds[n % crowds.len()].clone();

@@ -82,6 +82,8 @@ pub async fn run(opts: BlastOptions) -> anyhow::Result<BlastReport> {
             per_user_limit: 1,
             starts_at_ms: now - 1_000,
             ends_at_ms: now + 3_600_000,
+            admission_window_ms: None,
+            pow_difficulty: None,
         })
         .await?;
     let keys = Arc::new(TokenKeys::new(opts.secret.as_bytes(), 5));
@@ -109,6 +111,8 @@ pub async fn run(opts: BlastOptions) -> anyhow::Result<BlastReport> {
                 per_user_limit: 1,
                 starts_at_ms: now - 1_000,
                 ends_at_ms: now + 3_600_000,
+                admission_window_ms: None,
+                pow_difficulty: None,
             })
             .await?;
         let item = r.items[0].id;

@@ -3,12 +3,29 @@
 //! for the start, send the buy request(s), poll the attempt until it is
 //! final, and pay with some probability.
 //!
-//! Misbehaving buyers follow the same script with one twist each: repeat
-//! clickers fire several buy requests at once, token forgers sign their
-//! token with a wrong secret, early birds fire before the start.
+//! With purchase tickets on ([`Script::tickets`]), a buyer first asks for
+//! a ticket ([`Crowd::request_ticket`], the one place a ticket is asked
+//! for) once the ticket window opens (`ticket_lead_ms` before the start; a
+//! `425` is retried at the window), then buys on the ticket's `buy_path`
+//! with `x-seckill-ticket`; a retry after an answer that may have spent
+//! the ticket ([`ticket_spent`]) first gets a new one.
 //!
-//! Every answer goes to [`Stats`]; every `202` and the final status the
-//! buyer later saw go to the [`Ledger`], which is what I5 is checked against.
+//! Each buyer has a [`Profile`]. People load the sale page (bots go
+//! straight to the API), click a reaction time after the
+//! countdown ends and back off as the sale page does (`retry_after_ms`);
+//! some of them misbehave in the older ways ([`Behaviour`]: repeat
+//! clickers fire several buy requests at once, token forgers sign their
+//! token with a wrong secret, early birds fire once before the start).
+//! Bots play scripts: `early` fires before the ticket window (or the start)
+//! and keeps firing; `hammer` fires at the start instant and retries with
+//! no pause; `network` fires at the start from one client network shared
+//! by all of them and follows `retry_after_ms`; `sharing` buys with a
+//! ticket another account of its own obtained. Bots spend at most
+//! [`Script::bot_requests`] requests.
+//!
+//! Every answer goes to [`Stats`] (also under the buyer's profile); every
+//! `202` and the final status the buyer later saw go to the [`Ledger`],
+//! which is what I5 is checked against.
 
 use std::{
     collections::HashMap,
@@ -23,10 +40,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     client::{Answer, Http},
+    profile::Profile,
     stats::{Kind, Stats},
 };
 
-/// How a simulated buyer behaves.
+/// How a person behaves (bots follow their [`Profile`] instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Behaviour {
@@ -40,18 +58,33 @@ pub enum Behaviour {
     EarlyBird,
 }
 
+/// An account: its user id and bearer token.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub user: String,
+    pub token: String,
+}
+
 /// Everything one buyer needs to play its part.
 #[derive(Clone, Debug)]
 pub struct BuyerPlan {
     pub user: String,
+    pub profile: Profile,
     pub behaviour: Behaviour,
     pub round_id: i64,
     pub item_id: i64,
     pub token: String,
+    /// Index of the HTTP client (source address) this buyer connects with.
+    pub client: usize,
+    /// A `sharing` bot's other account, whose tickets it buys with.
+    pub lender: Option<Account>,
     /// Reaction time after the start (a crowd does not click in one instant).
     pub reaction: Duration,
-    /// How early an early bird fires.
+    /// How early an early bird (or an `early` bot) fires.
     pub early_by: Duration,
+    /// When, after the ticket window opens, a person's page asks for its
+    /// ticket.
+    pub ticket_after: Duration,
     /// Whether this buyer pays once its order exists.
     pub pays: bool,
 }
@@ -66,6 +99,20 @@ pub struct Script {
     pub clicks: u32,
     /// Sale start, server time in Unix milliseconds.
     pub starts_at_ms: i64,
+    /// Buy with purchase tickets.
+    pub tickets: bool,
+    /// How long before the start the ticket window opens (the backend's
+    /// `tickets.lead_ms`).
+    pub ticket_lead_ms: i64,
+    /// Most requests (tickets and buys) one bot sends.
+    pub bot_requests: u32,
+}
+
+impl Script {
+    /// When tickets are handed out from, server time in Unix ms.
+    pub fn ticket_window_ms(&self) -> i64 {
+        self.starts_at_ms - self.ticket_lead_ms
+    }
 }
 
 /// What one buyer was told about its attempt.
@@ -113,21 +160,50 @@ pub struct Ledger {
 /// The shared context of a crowd.
 #[derive(Clone)]
 pub struct Crowd {
-    pub http: Http,
+    /// One client per source address; [`BuyerPlan::client`] picks one.
+    pub clients: Arc<Vec<Http>>,
     pub stats: Arc<Stats>,
     pub ledger: Arc<Ledger>,
     pub script: Arc<Script>,
     pub stop: CancellationToken,
 }
 
+/// A purchase ticket as the backend handed it out.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    /// The `x-seckill-ticket` value.
+    pub value: String,
+    pub buy_path: String,
+    pub expires_at_ms: i64,
+}
+
+/// How a bot paces its retries.
+#[derive(Clone, Copy, Debug)]
+enum Pace {
+    /// At once, whatever the answer said.
+    NoPause,
+    /// A fixed pause between shots.
+    Every(Duration),
+    /// After `retry_after_ms` when the answer gives one.
+    RetryAfter,
+}
+
+/// Pause between an `early` bot's shots.
+const EARLY_PAUSE: Duration = Duration::from_millis(20);
+
 fn unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 impl Crowd {
-    async fn record(&self, kind: Kind, req: reqwest::RequestBuilder) -> Answer {
-        let a = self.http.send(req).await;
+    fn http(&self, plan: &BuyerPlan) -> &Http {
+        &self.clients[plan.client.min(self.clients.len() - 1)]
+    }
+
+    async fn record(&self, plan: &BuyerPlan, kind: Kind, req: reqwest::RequestBuilder) -> Answer {
+        let a = self.http(plan).send(req).await;
         self.stats.record(kind, &a.outcome, a.latency);
+        self.stats.record_profile(plan.profile, kind, &a.outcome);
         a
     }
 
@@ -144,16 +220,18 @@ impl Crowd {
 
     async fn play(&self, plan: &BuyerPlan) {
         // 1. The sale page (served by the edge; absent on a bare backend).
-        self.record(
-            Kind::Page,
-            self.http
-                .get(&format!("/sale/{}/{}/", plan.round_id, plan.item_id)),
-        )
-        .await;
+        //    Bots go straight to the API.
+        if !plan.profile.is_bot() {
+            let page = self
+                .http(plan)
+                .get(&format!("/sale/{}/{}/", plan.round_id, plan.item_id));
+            self.record(plan, Kind::Page, page).await;
+        }
 
         // 2. Clock sync: offset = server time − midpoint of the round trip
         //    (timed from the send, not from the wait for a permit).
-        let t = self.record(Kind::Time, self.http.get("/api/time")).await;
+        let time = self.http(plan).get("/api/time");
+        let t = self.record(plan, Kind::Time, time).await;
         let offset_ms = t
             .body
             .get("now_ms")
@@ -161,24 +239,36 @@ impl Crowd {
             .map(|server| server - (t.sent_ms + t.latency.as_millis() as i64 / 2))
             .unwrap_or(0);
         let server_now = move || unix_ms() + offset_ms;
+        let local = |server_ms: i64| server_ms - offset_ms;
 
-        // 3. Count down (early birds jump the gun once).
-        let start_local = self.script.starts_at_ms - offset_ms;
-        if plan.behaviour == Behaviour::EarlyBird {
-            sleep_until_unix(start_local - plan.early_by.as_millis() as i64).await;
-            self.buy_once(plan, true, &server_now).await;
-        }
-        sleep_until_unix(start_local + plan.reaction.as_millis() as i64).await;
-
-        // 4. Buy.
-        let attempt = match plan.behaviour {
-            Behaviour::RepeatClicker => {
-                let clicks =
-                    (0..self.script.clicks.max(1)).map(|_| self.buy_once(plan, false, &server_now));
-                let answers = futures::future::join_all(clicks).await;
-                answers.into_iter().find_map(|a| attempt_of(&a))
+        // 3. Count down, 4. buy, each profile in its own way.
+        let attempt = match plan.profile {
+            Profile::People => self.play_person(plan, &server_now, &local).await,
+            Profile::Early => {
+                let first = if self.script.tickets {
+                    self.script.ticket_window_ms()
+                } else {
+                    self.script.starts_at_ms
+                };
+                sleep_until_unix(local(first) - plan.early_by.as_millis() as i64).await;
+                self.bot_loop(plan, None, Pace::Every(EARLY_PAUSE), &server_now)
+                    .await
             }
-            _ => self.buy_with_retries(plan, &server_now).await,
+            Profile::Hammer | Profile::Network => {
+                let ticket = self
+                    .ticket_before_start(plan, &plan.token, &server_now, &local)
+                    .await;
+                sleep_until_unix(local(self.script.starts_at_ms)).await;
+                let pace = if plan.profile == Profile::Hammer {
+                    Pace::NoPause
+                } else {
+                    Pace::RetryAfter
+                };
+                self.bot_loop(plan, ticket, pace, &server_now).await
+            }
+            Profile::Sharing => self.play_sharing(plan, &server_now, &local).await,
+            // Refused when the mix is parsed: it needs the challenge.
+            Profile::Solver => None,
         };
 
         // 5. Poll until final, then maybe pay.
@@ -191,25 +281,183 @@ impl Crowd {
         }
     }
 
-    /// One buy request; notes 202s and sold-out answers in the ledger.
+    /// A person: the ticket once its window opens, the countdown, a
+    /// reaction time, then the click (or the older misbehaviours).
+    async fn play_person(
+        &self,
+        plan: &BuyerPlan,
+        server_now: &impl Fn() -> i64,
+        local: &impl Fn(i64) -> i64,
+    ) -> Option<String> {
+        let mut ticket = if self.script.tickets {
+            sleep_until_unix(
+                local(self.script.ticket_window_ms()) + plan.ticket_after.as_millis() as i64,
+            )
+            .await;
+            Some(self.obtain_ticket(plan, &plan.token, server_now).await?)
+        } else {
+            None
+        };
+        let start_local = local(self.script.starts_at_ms);
+        if plan.behaviour == Behaviour::EarlyBird {
+            sleep_until_unix(start_local - plan.early_by.as_millis() as i64).await;
+            let a = self.buy_once(plan, true, ticket.as_ref(), server_now).await;
+            // A crowd running late fires its "early" click after the start:
+            // an attempt it got is held like any other.
+            if let Some(id) = attempt_of(&a) {
+                return Some(id);
+            }
+            if ticket_spent(&a) {
+                ticket = None;
+            }
+        }
+        sleep_until_unix(start_local + plan.reaction.as_millis() as i64).await;
+        match plan.behaviour {
+            Behaviour::RepeatClicker => {
+                let clicks = (0..self.script.clicks.max(1))
+                    .map(|_| self.buy_once(plan, false, ticket.as_ref(), server_now));
+                let answers = futures::future::join_all(clicks).await;
+                answers.into_iter().find_map(|a| attempt_of(&a))
+            }
+            _ => self.buy_with_retries(plan, ticket, server_now).await,
+        }
+    }
+
+    /// A `sharing` bot: a ticket obtained with its other account, used by
+    /// this one at the start; tried again with a fresh ticket as often as a
+    /// person retries.
+    async fn play_sharing(
+        &self,
+        plan: &BuyerPlan,
+        server_now: &impl Fn() -> i64,
+        local: &impl Fn(i64) -> i64,
+    ) -> Option<String> {
+        let lender = plan.lender.as_ref()?;
+        let mut ticket = self
+            .ticket_before_start(plan, &lender.token, server_now, local)
+            .await;
+        sleep_until_unix(local(self.script.starts_at_ms)).await;
+        for _ in 0..self.script.requests_per_buyer.max(1) {
+            if ticket.is_none() {
+                ticket = self.obtain_ticket(plan, &lender.token, server_now).await;
+            }
+            let a = self.buy_once(plan, true, ticket.as_ref(), server_now).await;
+            if let Some(id) = attempt_of(&a) {
+                return Some(id);
+            }
+            ticket = None;
+        }
+        None
+    }
+
+    /// A bot's ticket, asked for as soon as the window opens (none when
+    /// tickets are off).
+    async fn ticket_before_start(
+        &self,
+        plan: &BuyerPlan,
+        holder_token: &str,
+        server_now: &impl Fn() -> i64,
+        local: &impl Fn(i64) -> i64,
+    ) -> Option<Ticket> {
+        if !self.script.tickets {
+            return None;
+        }
+        sleep_until_unix(local(self.script.ticket_window_ms())).await;
+        self.obtain_ticket(plan, holder_token, server_now).await
+    }
+
+    /// Asks for a purchase ticket for the account of `holder_token` (the
+    /// buyer's own, or a `sharing` bot's other account) and counts the
+    /// answer under the buyer's profile. This is the one place a ticket is
+    /// requested: a proof-of-work step (solving the round's challenge)
+    /// belongs here, before the request.
+    pub async fn request_ticket(
+        &self,
+        plan: &BuyerPlan,
+        holder_token: &str,
+        server_now: &impl Fn() -> i64,
+    ) -> (Answer, Option<Ticket>) {
+        let req = self
+            .http(plan)
+            .post(&format!(
+                "/api/rounds/{}/items/{}/ticket",
+                plan.round_id, plan.item_id
+            ))
+            .bearer_auth(holder_token);
+        let a = self.record(plan, Kind::Ticket, req).await;
+        if server_now() < self.script.ticket_window_ms() {
+            self.stats.record_before_window(plan.profile, &a.outcome);
+        }
+        let ticket = (a.status == 200)
+            .then(|| {
+                Some(Ticket {
+                    value: a.body.get("ticket")?.as_str()?.to_owned(),
+                    buy_path: a.body.get("buy_path")?.as_str()?.to_owned(),
+                    expires_at_ms: a.body.get("expires_at_ms")?.as_i64()?,
+                })
+            })
+            .flatten();
+        (a, ticket)
+    }
+
+    /// A ticket the way the sale page gets one: a `425` is retried at the
+    /// window, a `429` after `retry_after_ms`, a `503` or no answer after a
+    /// growing pause, within the per-buyer request budget.
+    async fn obtain_ticket(
+        &self,
+        plan: &BuyerPlan,
+        holder_token: &str,
+        server_now: &impl Fn() -> i64,
+    ) -> Option<Ticket> {
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..self.script.requests_per_buyer.max(1) {
+            let (a, ticket) = self.request_ticket(plan, holder_token, server_now).await;
+            if ticket.is_some() {
+                return ticket;
+            }
+            let wait = match a.status {
+                425 => {
+                    let starts = a
+                        .body
+                        .get("starts_at_ms")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(self.script.starts_at_ms);
+                    let window = starts - self.script.ticket_lead_ms;
+                    Duration::from_millis((window - server_now()).clamp(5, 5_000) as u64)
+                }
+                429 => retry_after(&a).unwrap_or(Duration::from_millis(1_000)),
+                0 | 500..=599 => backoff,
+                _ => return None,
+            };
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        None
+    }
+
+    /// One buy request (with `ticket` when there is one); notes 202s and
+    /// sold-out answers in the ledger.
     async fn buy_once(
         &self,
         plan: &BuyerPlan,
         idempotent: bool,
+        ticket: Option<&Ticket>,
         server_now: &impl Fn() -> i64,
     ) -> Answer {
+        let default_path = format!("/api/rounds/{}/items/{}/buy", plan.round_id, plan.item_id);
+        let path = ticket.map_or(default_path.as_str(), |t| t.buy_path.as_str());
         let mut req = self
-            .http
-            .post(&format!(
-                "/api/rounds/{}/items/{}/buy",
-                plan.round_id, plan.item_id
-            ))
+            .http(plan)
+            .post(path)
             .bearer_auth(&plan.token)
             .json(&json!({ "qty": self.script.qty }));
         if idempotent {
             req = req.header("Idempotency-Key", format!("{}-{}", plan.user, plan.item_id));
         }
-        let a = self.record(Kind::Buy, req).await;
+        if let Some(t) = ticket {
+            req = req.header("x-seckill-ticket", &t.value);
+        }
+        let a = self.record(plan, Kind::Buy, req).await;
         // A 200 is a retry that found the attempt: the buyer holds it as
         // surely as after a 202 (whose answer may have been lost).
         if matches!(a.status, 200 | 202)
@@ -253,18 +501,32 @@ impl Crowd {
     }
 
     /// A well-behaved client: one click, retried only on answers that ask
-    /// for it, within the per-buyer request budget.
+    /// for it, within the per-buyer request budget; a new ticket first when
+    /// the last answer may have spent the one it had.
     async fn buy_with_retries(
         &self,
         plan: &BuyerPlan,
+        mut ticket: Option<Ticket>,
         server_now: &impl Fn() -> i64,
     ) -> Option<String> {
         let budget = self.script.requests_per_buyer.max(1);
         let mut backoff = Duration::from_millis(50);
         for _ in 0..budget {
-            let a = self.buy_once(plan, true, server_now).await;
+            if ticket
+                .as_ref()
+                .is_some_and(|t| server_now() >= t.expires_at_ms)
+            {
+                ticket = None;
+            }
+            if self.script.tickets && ticket.is_none() {
+                ticket = Some(self.obtain_ticket(plan, &plan.token, server_now).await?);
+            }
+            let a = self.buy_once(plan, true, ticket.as_ref(), server_now).await;
             if let Some(id) = attempt_of(&a) {
                 return Some(id);
+            }
+            if ticket_spent(&a) {
+                ticket = None;
             }
             let wait = match a.status {
                 // Too early (clock skew): wait for the start the server gave.
@@ -276,14 +538,12 @@ impl Crowd {
                         .unwrap_or(self.script.starts_at_ms);
                     Duration::from_millis((starts - server_now()).clamp(10, 5_000) as u64)
                 }
-                429 => Duration::from_millis(
-                    a.body
-                        .get("retry_after_ms")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(100)
-                        .clamp(10, 5_000),
-                ),
+                429 => retry_after(&a)
+                    .unwrap_or(Duration::from_millis(100))
+                    .clamp(Duration::from_millis(10), Duration::from_secs(5)),
                 0 | 500..=599 => backoff,
+                // A used or expired ticket: a new one, then the retry.
+                403 if self.script.tickets && ticket.is_none() => Duration::ZERO,
                 _ => return None,
             };
             tokio::time::sleep(wait).await;
@@ -292,18 +552,63 @@ impl Crowd {
         None
     }
 
-    /// Polls an attempt until it is final; returns the final body.
+    /// A bot's loop: tickets (when on) and buys until a buy gets through,
+    /// an answer is final, or [`Script::bot_requests`] are spent. Without
+    /// a ticket it still fires buys (they are refused) and asks for one
+    /// before each of them.
+    async fn bot_loop(
+        &self,
+        plan: &BuyerPlan,
+        mut ticket: Option<Ticket>,
+        pace: Pace,
+        server_now: &impl Fn() -> i64,
+    ) -> Option<String> {
+        let budget = self.script.bot_requests.max(1);
+        let mut sent = 0u32;
+        while sent < budget {
+            let mut told: Option<Duration> = None;
+            if self.script.tickets && ticket.is_none() {
+                let (a, t) = self.request_ticket(plan, &plan.token, server_now).await;
+                sent += 1;
+                ticket = t;
+                told = retry_after(&a);
+                if sent >= budget {
+                    break;
+                }
+            }
+            let a = self.buy_once(plan, true, ticket.as_ref(), server_now).await;
+            sent += 1;
+            if let Some(id) = attempt_of(&a) {
+                return Some(id);
+            }
+            if final_refusal(&a) {
+                return None;
+            }
+            if ticket_spent(&a) {
+                ticket = None;
+            }
+            let wait = match pace {
+                Pace::NoPause => Duration::ZERO,
+                Pace::Every(d) => d,
+                Pace::RetryAfter => retry_after(&a)
+                    .or(told)
+                    .unwrap_or(Duration::from_millis(100)),
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+            }
+        }
+        None
+    }
+
     async fn poll(&self, plan: &BuyerPlan, attempt_id: &str) -> Option<Value> {
         let mut pause = Duration::from_millis(50);
         loop {
-            let a = self
-                .record(
-                    Kind::Poll,
-                    self.http
-                        .get(&format!("/api/attempts/{attempt_id}"))
-                        .bearer_auth(&plan.token),
-                )
-                .await;
+            let req = self
+                .http(plan)
+                .get(&format!("/api/attempts/{attempt_id}"))
+                .bearer_auth(&plan.token);
+            let a = self.record(plan, Kind::Poll, req).await;
             let status = a.body.get("status").and_then(Value::as_str);
             if a.status == 200
                 && let Some(s) = status
@@ -336,15 +641,12 @@ impl Crowd {
         let Some(order_id) = ordered.get("order_id").and_then(Value::as_str) else {
             return;
         };
-        let a = self
-            .record(
-                Kind::Pay,
-                self.http
-                    .post(&format!("/api/orders/{order_id}/pay"))
-                    .bearer_auth(&plan.token)
-                    .json(&json!({})),
-            )
-            .await;
+        let req = self
+            .http(plan)
+            .post(&format!("/api/orders/{order_id}/pay"))
+            .bearer_auth(&plan.token)
+            .json(&json!({}));
+        let a = self.record(plan, Kind::Pay, req).await;
         if let Some(id) = ordered.get("attempt_id").and_then(Value::as_str)
             && let Some(t) = self.ledger.told_202.lock().expect("ledger").get_mut(id)
         {
@@ -375,6 +677,34 @@ fn attempt_of(a: &Answer) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether a refused buy may have spent its ticket, so that a retry needs
+/// a new one: no answer (the backend may have spent it), `403 ticket_used`
+/// or `ticket_expired`, or a server error other than `503`. The backend
+/// gives the ticket back on `425`, `503` and units held elsewhere; the
+/// edge's own refusals (`429`, `410`, `403`) never reached it.
+pub fn ticket_spent(a: &Answer) -> bool {
+    match a.status {
+        0 => true,
+        403 => matches!(a.error_code(), Some("ticket_used" | "ticket_expired")),
+        500..=599 => a.status != 503,
+        _ => false,
+    }
+}
+
+/// Answers no retry can get past: sold out or ended, over the per-user
+/// limit, a bad token or request, no such item.
+fn final_refusal(a: &Answer) -> bool {
+    matches!(a.status, 400 | 401 | 404 | 410 | 422)
+}
+
+/// The `retry_after_ms` an answer asks for.
+fn retry_after(a: &Answer) -> Option<Duration> {
+    a.body
+        .get("retry_after_ms")
+        .and_then(Value::as_u64)
+        .map(Duration::from_millis)
+}
+
 async fn sleep_until_unix(target_ms: i64) {
     let wait = target_ms - unix_ms();
     if wait > 0 {
@@ -394,6 +724,36 @@ mod tests {
             latency: Duration::ZERO,
             sent_ms: 0,
         }
+    }
+
+    #[test]
+    fn answers_that_may_have_spent_the_ticket() {
+        assert!(ticket_spent(&answer(0, Value::Null)));
+        assert!(ticket_spent(&answer(403, json!({"error": "ticket_used"}))));
+        assert!(ticket_spent(&answer(
+            403,
+            json!({"error": "ticket_expired"})
+        )));
+        assert!(ticket_spent(&answer(500, Value::Null)));
+        assert!(!ticket_spent(&answer(503, json!({"error": "unavailable"}))));
+        assert!(!ticket_spent(&answer(425, json!({"error": "not_started"}))));
+        assert!(!ticket_spent(&answer(
+            429,
+            json!({"error": "rate_limited"})
+        )));
+        assert!(!ticket_spent(&answer(
+            403,
+            json!({"error": "ticket_other_user"})
+        )));
+        assert!(final_refusal(&answer(410, json!({"error": "sold_out"}))));
+        assert!(!final_refusal(&answer(
+            403,
+            json!({"error": "ticket_required"})
+        )));
+        assert_eq!(
+            retry_after(&answer(429, json!({"retry_after_ms": 250}))),
+            Some(Duration::from_millis(250))
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::{
     blast::{self, BlastOptions},
     html,
     orders::{self, OrdersOptions},
+    profile::{BotMix, Reaction},
     report::VerdictText,
     sale::{self, SaleOptions},
     setup::{Admin, RoundSpec},
@@ -145,6 +146,14 @@ pub struct RoundArgs {
     /// Length of the sale window in seconds.
     #[arg(long, default_value_t = 600)]
     pub sale_length_secs: u64,
+    /// The round's admission window at the edge, in ms (sent only when
+    /// given: a backend without the field refuses it).
+    #[arg(long)]
+    pub admission_window_ms: Option<i64>,
+    /// The round's proof-of-work difficulty for tickets (sent only when
+    /// given; the crowd does not solve challenges yet).
+    #[arg(long)]
+    pub pow_difficulty: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -177,9 +186,36 @@ pub struct SaleArgs {
     /// Probability a buyer pays its order.
     #[arg(long, default_value_t = 0.5)]
     pub pay_probability: f64,
-    /// Spread of reaction times after the start, in ms.
-    #[arg(long, default_value_t = 300)]
-    pub reaction_ms: u64,
+    /// People's reaction times after the countdown ends, in ms: MIN-MAX
+    /// (uniform), or N for 0-N.
+    #[arg(long, default_value_t = Reaction::default())]
+    pub reaction_ms: Reaction,
+    /// Buy with purchase tickets: every buyer asks for a ticket once the
+    /// ticket window opens, then buys with it (the backend's and the
+    /// edge's `[tickets]` must be on).
+    #[arg(long)]
+    pub tickets: bool,
+    /// How long before the start the ticket window opens, in ms (the
+    /// backend's `tickets.lead_ms`).
+    #[arg(long, default_value_t = 2_000)]
+    pub ticket_lead_ms: u64,
+    /// Percent of the crowd that are bots (0-100).
+    #[arg(long, default_value_t = 0.0)]
+    pub bots: f64,
+    /// Weights of the bot profiles: early, hammer, network, sharing
+    /// (default: each 1; sharing only with --tickets). `solver` is
+    /// reserved for the proof-of-work challenge.
+    #[arg(long)]
+    pub bot_mix: Option<BotMix>,
+    /// Most requests (tickets and buys) one bot sends.
+    #[arg(long, default_value_t = 100)]
+    pub bot_requests: u32,
+    /// Buyers per loopback source address, each address in a /24 of its
+    /// own (network bots share 127.254.254.0/24); 0: every connection from
+    /// the default address. Default: 16 with --bots, else 0. Linux, loopback
+    /// targets only.
+    #[arg(long)]
+    pub buyers_per_address: Option<u32>,
     /// Hard cap on the crowd's run, in seconds.
     #[arg(long, default_value_t = 120)]
     pub duration_secs: u64,
@@ -320,7 +356,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pay_probability: a.pay_probability,
                 start_in: Duration::from_secs_f64(a.round_args.start_in_secs.max(0.0)),
                 sale_length: Duration::from_secs(a.round_args.sale_length_secs),
-                reaction: Duration::from_millis(a.reaction_ms),
+                reaction: a.reaction_ms,
+                tickets: a.tickets,
+                ticket_lead: Duration::from_millis(a.ticket_lead_ms),
+                bots_pct: a.bots,
+                bot_mix: a.bot_mix.clone(),
+                bot_requests: a.bot_requests,
+                buyers_per_address: a.buyers_per_address,
+                admission_window_ms: a.round_args.admission_window_ms,
+                pow_difficulty: a.round_args.pow_difficulty,
                 duration: Duration::from_secs(a.duration_secs),
                 concurrency: a.concurrency,
                 request_timeout: Duration::from_secs(10),
@@ -348,6 +392,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     per_user_limit: a.round_args.per_user_limit,
                     starts_at_ms: starts,
                     ends_at_ms: starts + a.round_args.sale_length_secs as i64 * 1000,
+                    admission_window_ms: a.round_args.admission_window_ms,
+                    pow_difficulty: a.round_args.pow_difficulty,
                 })
                 .await?;
             println!("{}", serde_json::to_string_pretty(&round)?);

@@ -10,8 +10,13 @@
 //! first one not marked down; a request that could not connect (so it was
 //! never sent) is marked down for a moment and sent once to the next one,
 //! the way a client behind a list of addresses moves to a surviving node.
+//!
+//! A crowd may connect from several local addresses ([`Http::per_source`]):
+//! one client per source address, all sharing one bound on requests in
+//! flight.
 
 use std::{
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -71,12 +76,40 @@ impl Http {
         concurrency: usize,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        Self::build(bases, concurrency, timeout, None, permits)
+    }
+
+    /// One client per source address (`None`: the system's default), in
+    /// the order given, sharing one bound of `concurrency` requests in
+    /// flight.
+    pub fn per_source(
+        bases: &[String],
+        concurrency: usize,
+        timeout: Duration,
+        sources: &[Option<IpAddr>],
+    ) -> anyhow::Result<Vec<Self>> {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        sources
+            .iter()
+            .map(|s| Self::build(bases, concurrency, timeout, *s, permits.clone()))
+            .collect()
+    }
+
+    fn build(
+        bases: &[String],
+        concurrency: usize,
+        timeout: Duration,
+        source: Option<IpAddr>,
+        permits: Arc<Semaphore>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(!bases.is_empty(), "no base URL");
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
+            .local_address(source)
             .build()?;
         Ok(Self {
             client,
@@ -87,7 +120,7 @@ impl Http {
                     .collect(),
             ),
             down_until: Arc::new(bases.iter().map(|_| AtomicI64::new(0)).collect()),
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The report as one self-contained HTML page (`--html FILE`): buy answers
 //! per second by class over the sale's time line, units taken over time,
-//! latency histograms for buy and poll, the verdict with its checks, and
-//! the answer and item tables.
+//! latency histograms for buy and poll, who won the units (people against
+//! each bot profile), the verdict with its checks, and the answer and item
+//! tables.
 //!
 //! Charts are inline SVG built here with plain formatting; the page has
 //! inline CSS only and no script, so it opens anywhere and fetches nothing.
@@ -406,6 +407,31 @@ pub fn render(r: &Report) -> String {
     }
     o.push_str("</table>\n");
 
+    let fair = &r.fairness;
+    let _ = write!(
+        o,
+        "<h2>Who won the units</h2>\n<p class=\"meta\" data-series=\"fairness\">{}</p>\n<table><tr><th>profile</th><th>buyers</th><th>share of buyers</th><th>units won</th><th>share of units</th><th>requests</th><th>per buyer</th></tr>",
+        escape(&fair.line)
+    );
+    for p in &fair.profiles {
+        let per = if p.buyers > 0 {
+            p.requests_total as f64 / p.buyers as f64
+        } else {
+            0.0
+        };
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{per:.1}</td></tr>",
+            p.profile,
+            p.buyers,
+            p.share_of_buyers_pct,
+            p.units_won,
+            p.share_of_units_pct,
+            p.requests_total
+        );
+    }
+    o.push_str("</table>\n");
+
     let _ = write!(
         o,
         "<h2>Verdict: <span class=\"{verdict_class}\">{verdict_text}</span></h2>\n<table><tr><th>check</th><th>name</th><th>result</th><th>detail</th></tr>"
@@ -555,6 +581,15 @@ mod tests {
                 last_reservation_after_ms: Some(1_300),
             },
             payments: BTreeMap::new(),
+            fairness: crate::fairness::Fairness::build(
+                &BTreeMap::from([
+                    (crate::profile::Profile::People, 9),
+                    (crate::profile::Profile::Hammer, 1),
+                ]),
+                &BTreeMap::from([(crate::profile::Profile::People, 10)]),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            ),
             verdict: Verdict {
                 passed: false,
                 checks: vec![Check {
@@ -653,6 +688,12 @@ mod tests {
         assert!(html.contains("<title>&gt;60 s: 1</title>"));
         assert!(html.contains(r#"<span class="fail">FAIL</span>"#));
         assert!(html.contains("item 5: sold &lt; 0 &lt;oops&gt;"));
+        assert!(html.contains(
+            "fairness: people 90.0% of buyers won 100.0% of units; bots 10.0% won 0.0% (hammer 0/1)"
+        ));
+        assert!(
+            html.contains("<tr><td>hammer</td><td>1</td><td>10.0%</td><td>0</td><td>0.0%</td>")
+        );
         assert!(html.contains("units on sale: 10"));
     }
 

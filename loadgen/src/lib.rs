@@ -4,7 +4,10 @@
 //!
 //! Layout:
 //! - [`setup`] — opens a round through the admin API with minted tokens
-//! - [`buyer`] — one simulated buyer's script, normal and misbehaving
+//! - [`buyer`] — one simulated buyer's script: people and bot profiles
+//! - [`profile`] — the crowd's profiles, bot mix and reaction times
+//! - [`networks`] — which loopback address each buyer connects from
+//! - [`fairness`] — who won the units: people against each bot profile
 //! - [`client`] — the shared HTTP client and outcome labels
 //! - [`stats`] — answers by outcome and latency histograms (client view)
 //! - [`progress`] — live progress bar or log lines
@@ -23,8 +26,11 @@ pub mod buyer;
 pub mod cli;
 pub mod client;
 pub mod confirms;
+pub mod fairness;
 pub mod html;
+pub mod networks;
 pub mod orders;
+pub mod profile;
 pub mod progress;
 pub mod report;
 pub mod sale;

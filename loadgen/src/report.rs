@@ -1,5 +1,6 @@
 //! The end-of-run report: what a person reads (answers by outcome, latency
-//! percentiles, time to sold out, units sold, the verdict), the same as
+//! percentiles, time to sold out, units sold, the fairness line, the
+//! verdict), the same as
 //! JSON for scripts and for comparing runs, and the per-second time line
 //! and latency bars the HTML page ([`crate::html`]) draws.
 
@@ -8,6 +9,7 @@ use std::{collections::BTreeMap, collections::HashMap, fmt};
 use serde::Serialize;
 
 use crate::{
+    fairness::Fairness,
     setup::RoundInfo,
     stats::{Bin, Class, Latency, MAX_SECONDS, Second},
     verdict::Verdict,
@@ -190,6 +192,8 @@ pub struct Report {
     pub timeline: Timeline,
     pub sale: SaleFigures,
     pub payments: BTreeMap<String, u64>,
+    /// Who won the units: people and each bot profile.
+    pub fairness: Fairness,
     pub verdict: Verdict,
 }
 
@@ -277,6 +281,7 @@ impl fmt::Display for Report {
             writeln!(f, "  payments: {}", p.join(", "))?;
         }
         writeln!(f)?;
+        write!(f, "{}", self.fairness)?;
         write!(f, "{}", VerdictText(&self.verdict))
     }
 }

@@ -1,21 +1,28 @@
 //! A whole simulated sale: open a round (or take an existing one), send the
 //! crowd, wait for it (bounded by the duration cap), let the order writer
-//! settle, and judge the stores.
+//! settle, and judge the stores; then count who won the units (people or
+//! which bot profile) for the fairness report.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use anyhow::Context;
-use seckill_backend::auth::{Role, TokenKeys};
+use anyhow::{Context, bail, ensure};
+use seckill_backend::{
+    auth::{Role, TokenKeys},
+    store::entities::order,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    buyer::{Behaviour, BuyerPlan, Crowd, Ledger, Script},
+    buyer::{Account, Behaviour, BuyerPlan, Crowd, Ledger, Script},
     client::Http,
+    fairness::Fairness,
+    networks,
+    profile::{self, BotMix, Profile, Reaction},
     progress::Progress,
     report::{Report, SaleFigures, Timeline},
     setup::{Admin, RoundInfo, RoundSpec},
@@ -59,8 +66,27 @@ pub struct SaleOptions {
     pub start_in: Duration,
     /// Length of a new round's window.
     pub sale_length: Duration,
-    /// Spread of the buyers' reaction times after the start.
-    pub reaction: Duration,
+    /// People's reaction times after the start (uniform in the range).
+    pub reaction: Reaction,
+    /// Buy with purchase tickets (the backend's and edge's `[tickets]`).
+    pub tickets: bool,
+    /// The backend's `tickets.lead_ms`: the ticket window opens this long
+    /// before the start.
+    pub ticket_lead: Duration,
+    /// Percent of the crowd that are bots (0–100).
+    pub bots_pct: f64,
+    /// Weights of the bot profiles; `None`: [`BotMix::default_for`].
+    pub bot_mix: Option<BotMix>,
+    /// Most requests one bot sends.
+    pub bot_requests: u32,
+    /// Buyers sharing one loopback source address (0: all connect from
+    /// the default address; `None`: 16 with bots, else 0). See
+    /// [`crate::networks`].
+    pub buyers_per_address: Option<u32>,
+    /// Round fields sent only when set (`admission_window_ms`,
+    /// `pow_difficulty`).
+    pub admission_window_ms: Option<i64>,
+    pub pow_difficulty: Option<i64>,
     /// Hard cap on the crowd's run, from its first request.
     pub duration: Duration,
     /// Most requests in flight at once.
@@ -98,7 +124,15 @@ impl Default for SaleOptions {
             pay_probability: 0.5,
             start_in: Duration::from_secs(3),
             sale_length: Duration::from_secs(600),
-            reaction: Duration::from_millis(300),
+            reaction: Reaction::default(),
+            tickets: false,
+            ticket_lead: Duration::from_millis(2_000),
+            bots_pct: 0.0,
+            bot_mix: None,
+            bot_requests: 100,
+            buyers_per_address: None,
+            admission_window_ms: None,
+            pow_difficulty: None,
             duration: Duration::from_secs(120),
             concurrency: 128,
             request_timeout: Duration::from_secs(10),
@@ -132,9 +166,66 @@ fn unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+impl SaleOptions {
+    /// The bot mix in effect.
+    pub fn mix(&self) -> BotMix {
+        self.bot_mix
+            .clone()
+            .unwrap_or_else(|| BotMix::default_for(self.tickets))
+    }
+
+    /// Buyers per source address in effect.
+    pub fn per_address(&self) -> u32 {
+        self.buyers_per_address
+            .unwrap_or(if self.bots_pct > 0.0 { 16 } else { 0 })
+    }
+
+    /// Refuses options that cannot make a sale, before anything is sent.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            (0.0..=100.0).contains(&self.bots_pct),
+            "--bots is a percentage of the crowd (0-100), not {}",
+            self.bots_pct
+        );
+        if self.bots_pct > 0.0 && !self.tickets && self.mix().weight(Profile::Sharing) > 0 {
+            bail!(
+                "sharing bots share purchase tickets: add --tickets, or leave sharing out of --bot-mix"
+            );
+        }
+        if self.per_address() > 0 {
+            networks::check_target(&self.target)?;
+        }
+        if let Some(d) = self.pow_difficulty {
+            ensure!(d >= 0, "--pow-difficulty must be 0 or more");
+        }
+        if let Some(w) = self.admission_window_ms {
+            ensure!(w >= 0, "--admission-window-ms must be 0 or more");
+        }
+        Ok(())
+    }
+}
+
+/// Units of confirmed (not cancelled) orders per profile of their buyer.
+pub fn units_won(
+    orders: &[order::Model],
+    profile_of: &HashMap<String, Profile>,
+) -> BTreeMap<Profile, i64> {
+    let mut won = BTreeMap::new();
+    for o in orders
+        .iter()
+        .filter(|o| o.status != order::status::CANCELLED)
+    {
+        if let Some(p) = profile_of.get(&o.user_id) {
+            *won.entry(*p).or_default() += o.qty;
+        }
+    }
+    won
+}
+
 /// Runs one sale and judges it. Returns the report whether or not the
 /// verdict passed; errors only when the sale could not be run or judged.
 pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
+    opts.validate()?;
     let admin = Admin::new(&opts.admin, &opts.secret)?;
     let round: RoundInfo = match opts.round {
         Some(id) => admin.round(id).await?,
@@ -148,6 +239,8 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
                     per_user_limit: opts.per_user_limit,
                     starts_at_ms: starts,
                     ends_at_ms: starts + opts.sale_length.as_millis() as i64,
+                    admission_window_ms: opts.admission_window_ms,
+                    pow_difficulty: opts.pow_difficulty,
                 })
                 .await?
         }
@@ -158,13 +251,24 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
     let forged_keys = TokenKeys::new(b"not-the-shared-secret-at-all", 5);
     let ttl = (opts.duration.as_secs() + 3600) as i64;
     let mut rng = fastrand::Rng::with_seed(opts.seed ^ 0x5eed);
-    let kinds = behaviours(opts.buyers, &opts);
+    let profiles = profile::assign(opts.buyers, opts.bots_pct, &opts.mix(), opts.seed);
+    let people = profiles.iter().filter(|p| !p.is_bot()).count() as u32;
+    let mut kinds = behaviours(people, &opts).into_iter();
+    let sources = networks::plan(&profiles, opts.per_address())?;
     let mut forgers = HashSet::new();
     let mut mix: BTreeMap<String, u64> = BTreeMap::new();
-    let plans: Vec<BuyerPlan> = kinds
-        .into_iter()
+    let mut population: BTreeMap<Profile, u64> = BTreeMap::new();
+    let mut profile_of: HashMap<String, Profile> = HashMap::new();
+    let lead_ms = opts.ticket_lead.as_millis() as u64;
+    let plans: Vec<BuyerPlan> = profiles
+        .iter()
         .enumerate()
-        .map(|(n, behaviour)| {
+        .map(|(n, &profile)| {
+            let behaviour = if profile.is_bot() {
+                Behaviour::Normal
+            } else {
+                kinds.next().unwrap_or(Behaviour::Normal)
+            };
             let item = &round.items[n % round.items.len()];
             let user = format!("r{}-buyer-{n}", round.id);
             let token = if behaviour == Behaviour::Forger {
@@ -173,23 +277,41 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
             } else {
                 keys.mint(&user, Role::Buyer, ttl)
             };
-            *mix.entry(
+            let lender = (profile == Profile::Sharing).then(|| {
+                let user = format!("r{}-buyer-{n}-lender", round.id);
+                Account {
+                    token: keys.mint(&user, Role::Buyer, ttl),
+                    user,
+                }
+            });
+            if let Some(l) = &lender {
+                profile_of.insert(l.user.clone(), profile);
+            }
+            profile_of.insert(user.clone(), profile);
+            *population.entry(profile).or_default() += 1;
+            let label = if profile.is_bot() {
+                format!("bot_{profile}")
+            } else {
                 serde_json::to_value(behaviour)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-            )
-            .or_default() += 1;
+                    .unwrap_or_default()
+            };
+            *mix.entry(label).or_default() += 1;
             BuyerPlan {
                 user,
+                profile,
                 behaviour,
                 round_id: round.id,
                 item_id: item.id,
                 token,
+                client: sources.of_buyer[n],
+                lender,
                 reaction: Duration::from_millis(
-                    rng.u64(0..=opts.reaction.as_millis().max(1) as u64),
+                    rng.u64(opts.reaction.min_ms..=opts.reaction.max_ms),
                 ),
                 early_by: Duration::from_millis(rng.u64(200..=1_000)),
+                ticket_after: Duration::from_millis(rng.u64(0..=lead_ms / 2)),
                 pays: rng.f64() < opts.pay_probability,
             }
         })
@@ -198,7 +320,12 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
     let stats = Arc::new(Stats::new());
     let ledger = Arc::new(Ledger::default());
     let crowd = Crowd {
-        http: Http::new(&opts.target, opts.concurrency, opts.request_timeout)?,
+        clients: Arc::new(Http::per_source(
+            std::slice::from_ref(&opts.target),
+            opts.concurrency,
+            opts.request_timeout,
+            &sources.sources,
+        )?),
         stats: stats.clone(),
         ledger: ledger.clone(),
         script: Arc::new(Script {
@@ -206,6 +333,9 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
             requests_per_buyer: opts.requests_per_buyer,
             clicks: opts.clicks,
             starts_at_ms: round.starts_at_ms,
+            tickets: opts.tickets,
+            ticket_lead_ms: lead_ms as i64,
+            bot_requests: opts.bot_requests,
         }),
         stop: CancellationToken::new(),
     };
@@ -253,6 +383,13 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
         stats.timeline_dropped.load(Ordering::Relaxed),
     );
 
+    let fairness = Fairness::build(
+        &population,
+        &units_won(&snap.orders, &profile_of),
+        stats.profile_outcomes(),
+        stats.before_window(),
+    );
+
     let first_sold_out = ledger.first_sold_out_ms.lock().expect("ledger").clone();
     let answered_202 = client.told_202.values().filter(|t| !t.retry).count();
     let sale = SaleFigures::from_verdict(&round, &verdict, &first_sold_out, answered_202);
@@ -278,6 +415,7 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
         timeline,
         sale,
         payments,
+        fairness,
         verdict,
     })
 }

@@ -29,6 +29,10 @@ pub struct RoundSpec {
     pub starts_at_ms: i64,
     /// Sale end, Unix milliseconds.
     pub ends_at_ms: i64,
+    /// Round fields sent only when set: a backend without them refuses
+    /// unknown fields.
+    pub admission_window_ms: Option<i64>,
+    pub pow_difficulty: Option<i64>,
 }
 
 /// One item of an open round.
@@ -92,6 +96,23 @@ impl RoundInfo {
     pub fn total_stock(&self) -> i64 {
         self.items.iter().map(|i| i.stock).sum()
     }
+}
+
+/// The body of `POST /admin/rounds`.
+fn round_body(spec: &RoundSpec, items: Vec<Value>) -> Value {
+    let mut body = json!({
+        "name": spec.name,
+        "starts_at": rfc3339(spec.starts_at_ms),
+        "ends_at": rfc3339(spec.ends_at_ms),
+        "items": items,
+    });
+    if let Some(w) = spec.admission_window_ms {
+        body["admission_window_ms"] = json!(w);
+    }
+    if let Some(d) = spec.pow_difficulty {
+        body["pow_difficulty"] = json!(d);
+    }
+    body
 }
 
 /// Client of the admin API.
@@ -163,12 +184,7 @@ impl Admin {
                 })
             })
             .collect();
-        let body = json!({
-            "name": spec.name,
-            "starts_at": rfc3339(spec.starts_at_ms),
-            "ends_at": rfc3339(spec.ends_at_ms),
-            "items": items,
-        });
+        let body = round_body(spec, items);
         let created = self
             .call(
                 reqwest::Method::POST,
@@ -236,6 +252,27 @@ mod tests {
         assert_eq!(r.items[0].id, 3);
         assert_eq!(r.total_stock(), 50);
         assert!(RoundInfo::parse(&json!({"id": 1})).is_err());
+    }
+
+    #[test]
+    fn optional_round_fields_are_sent_only_when_given() {
+        let mut spec = RoundSpec {
+            name: "r".into(),
+            items: 1,
+            stock: 1,
+            per_user_limit: 1,
+            starts_at_ms: 0,
+            ends_at_ms: 1000,
+            admission_window_ms: None,
+            pow_difficulty: None,
+        };
+        let b = round_body(&spec, vec![]);
+        assert!(b.get("admission_window_ms").is_none() && b.get("pow_difficulty").is_none());
+        spec.admission_window_ms = Some(500);
+        spec.pow_difficulty = Some(0);
+        let b = round_body(&spec, vec![]);
+        assert_eq!(b["admission_window_ms"], 500);
+        assert_eq!(b["pow_difficulty"], 0);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! client's view; the verdict never trusts it for an invariant (see
 //! [`crate::verdict`]).
 //!
+//! Each answer of a sale's crowd is also counted under its buyer's
+//! [`Profile`] (people or a bot profile), for the fairness report.
+//!
 //! Memory stays bounded however long a crowd runs: the histograms have
 //! fixed bounds, and the time line keeps one small bucket per second for at
 //! most [`MAX_SECONDS`] seconds (later seconds are counted, not kept).
@@ -20,12 +23,16 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::profile::Profile;
+
 /// The kinds of request a buyer makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Page,
     Time,
+    /// A purchase ticket request.
+    Ticket,
     Buy,
     Poll,
     Pay,
@@ -36,6 +43,7 @@ impl Kind {
         match self {
             Kind::Page => "page",
             Kind::Time => "time",
+            Kind::Ticket => "ticket",
             Kind::Buy => "buy",
             Kind::Poll => "poll",
             Kind::Pay => "pay",
@@ -195,6 +203,11 @@ pub struct Stats {
     latencies: Mutex<BTreeMap<Kind, Histogram<u64>>>,
     /// Buy answers by Unix second, at most [`MAX_SECONDS`] of them.
     timeline: Mutex<BTreeMap<i64, Second>>,
+    /// Answers by buyer profile, request kind and outcome.
+    by_profile: Mutex<BTreeMap<(Profile, Kind, String), u64>>,
+    /// Ticket answers that came back before the ticket window opened (by
+    /// the buyer's estimate of the server's clock), by profile and outcome.
+    before_window: Mutex<BTreeMap<(Profile, String), u64>>,
     /// Buy answers whose second did not fit in the time line.
     pub timeline_dropped: AtomicU64,
     /// Buy answers that reserved (202).
@@ -221,6 +234,8 @@ impl Stats {
             outcomes: Mutex::new(BTreeMap::new()),
             latencies: Mutex::new(BTreeMap::new()),
             timeline: Mutex::new(BTreeMap::new()),
+            by_profile: Mutex::new(BTreeMap::new()),
+            before_window: Mutex::new(BTreeMap::new()),
             timeline_dropped: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             sold_out: AtomicU64::new(0),
@@ -269,6 +284,49 @@ impl Stats {
                 self.refused.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Counts one answer under the buyer's profile (beside [`Self::record`]).
+    pub fn record_profile(&self, profile: Profile, kind: Kind, outcome: &str) {
+        *self
+            .by_profile
+            .lock()
+            .expect("stats lock")
+            .entry((profile, kind, outcome.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Counts a ticket answer that came back before the ticket window.
+    pub fn record_before_window(&self, profile: Profile, outcome: &str) {
+        *self
+            .before_window
+            .lock()
+            .expect("stats lock")
+            .entry((profile, outcome.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Answers by profile, then kind, then outcome.
+    pub fn profile_outcomes(&self) -> BTreeMap<Profile, BTreeMap<String, BTreeMap<String, u64>>> {
+        let mut out: BTreeMap<Profile, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+        for ((p, k, o), n) in self.by_profile.lock().expect("stats lock").iter() {
+            out.entry(*p)
+                .or_default()
+                .entry(k.as_str().to_owned())
+                .or_default()
+                .insert(o.clone(), *n);
+        }
+        out
+    }
+
+    /// Ticket answers received before the ticket window, by profile, then
+    /// outcome.
+    pub fn before_window(&self) -> BTreeMap<Profile, BTreeMap<String, u64>> {
+        let mut out: BTreeMap<Profile, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((p, o), n) in self.before_window.lock().expect("stats lock").iter() {
+            out.entry(*p).or_default().insert(o.clone(), *n);
+        }
+        out
     }
 
     /// Answers by kind, then outcome.
