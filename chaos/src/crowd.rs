@@ -79,6 +79,7 @@ impl CrowdRun {
             starts_at_ms: round.starts_at_ms,
             tickets: false,
             ticket_lead_ms: 0,
+            challenge: false,
             bot_requests: 0,
         });
         // One client per edge, preferring it and falling back to the others.

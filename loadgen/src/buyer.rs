@@ -104,6 +104,8 @@ pub struct Script {
     /// How long before the start the ticket window opens (the backend's
     /// `tickets.lead_ms`).
     pub ticket_lead_ms: i64,
+    /// The round asks for a proof-of-work challenge before a ticket.
+    pub challenge: bool,
     /// Most requests (tickets and buys) one bot sends.
     pub bot_requests: u32,
 }
@@ -254,12 +256,12 @@ impl Crowd {
                 self.bot_loop(plan, None, Pace::Every(EARLY_PAUSE), &server_now)
                     .await
             }
-            Profile::Hammer | Profile::Network => {
+            Profile::Hammer | Profile::Network | Profile::Solver => {
                 let ticket = self
                     .ticket_before_start(plan, &plan.token, &server_now, &local)
                     .await;
                 sleep_until_unix(local(self.script.starts_at_ms)).await;
-                let pace = if plan.profile == Profile::Hammer {
+                let pace = if plan.profile != Profile::Network {
                     Pace::NoPause
                 } else {
                     Pace::RetryAfter
@@ -267,8 +269,6 @@ impl Crowd {
                 self.bot_loop(plan, ticket, pace, &server_now).await
             }
             Profile::Sharing => self.play_sharing(plan, &server_now, &local).await,
-            // Refused when the mix is parsed: it needs the challenge.
-            Profile::Solver => None,
         };
 
         // 5. Poll until final, then maybe pay.
@@ -369,21 +369,29 @@ impl Crowd {
     /// Asks for a purchase ticket for the account of `holder_token` (the
     /// buyer's own, or a `sharing` bot's other account) and counts the
     /// answer under the buyer's profile. This is the one place a ticket is
-    /// requested: a proof-of-work step (solving the round's challenge)
-    /// belongs here, before the request.
+    /// requested. When the round asks for a proof-of-work challenge, a
+    /// profile that pays for it ([`Profile::solves_challenge`]) first
+    /// fetches a challenge for the holder and solves it (every ticket
+    /// costs a solution: each is accepted once); the others ask without.
     pub async fn request_ticket(
         &self,
         plan: &BuyerPlan,
         holder_token: &str,
         server_now: &impl Fn() -> i64,
     ) -> (Answer, Option<Ticket>) {
-        let req = self
+        let mut req = self
             .http(plan)
             .post(&format!(
                 "/api/rounds/{}/items/{}/ticket",
                 plan.round_id, plan.item_id
             ))
             .bearer_auth(holder_token);
+        if self.script.challenge
+            && plan.profile.solves_challenge()
+            && let Some(pow) = self.solve_challenge(plan, holder_token).await
+        {
+            req = req.json(&serde_json::json!({ "pow": pow }));
+        }
         let a = self.record(plan, Kind::Ticket, req).await;
         if server_now() < self.script.ticket_window_ms() {
             self.stats.record_before_window(plan.profile, &a.outcome);
@@ -398,6 +406,28 @@ impl Crowd {
             })
             .flatten();
         (a, ticket)
+    }
+
+    /// Fetches the round's challenge for the holder of `holder_token` and
+    /// solves it off the async threads, at the full price the round sets;
+    /// `None` when no challenge came or it could not be solved.
+    async fn solve_challenge(&self, plan: &BuyerPlan, holder_token: &str) -> Option<String> {
+        let req = self
+            .http(plan)
+            .get(&format!(
+                "/api/rounds/{}/items/{}/challenge",
+                plan.round_id, plan.item_id
+            ))
+            .bearer_auth(holder_token);
+        let a = self.record(plan, Kind::Challenge, req).await;
+        if a.status != 200 {
+            return None;
+        }
+        let challenge: seckill_proto::pow::Challenge = serde_json::from_value(a.body).ok()?;
+        tokio::task::spawn_blocking(move || seckill_proto::pow::solve(&challenge, 60_000))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// A ticket the way the sale page gets one: a `425` is retried at the

@@ -109,7 +109,7 @@ impl Common {
 pub enum Command {
     /// Open a round (unless --round), send the crowd, print the summary and
     /// the verdict; exit 1 when an invariant fails.
-    Sale(SaleArgs),
+    Sale(Box<SaleArgs>),
     /// Create, submit and approve a round; print it as JSON.
     Setup(SetupArgs),
     /// Judge a round's stores; exit 1 when an invariant fails.
@@ -231,6 +231,11 @@ pub struct SaleArgs {
     /// second, units taken over time, latency histograms, the verdict).
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Open the operator's console on the round's dashboard in headless
+    /// Chromium (Debian's chromium and chromium-driver) and write it to
+    /// this PNG file once every item sold out.
+    #[arg(long)]
+    pub console_screenshot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -371,6 +376,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 settle: Duration::from_secs(a.settle_secs),
                 progress: !c.no_progress,
                 seed: a.seed,
+                console_screenshot: a.console_screenshot.clone(),
             };
             let report = sale::run(opts).await?;
             println!("{report}");

@@ -26,18 +26,20 @@ pub enum Profile {
     Network,
     /// Buys with a ticket another account obtained (must be refused).
     Sharing,
-    /// Solves the round's proof-of-work challenge; reserved for the
-    /// challenge, not playable yet.
+    /// Pays the round's proof-of-work challenge in full for every ticket
+    /// and fires at the start instant with no pause (the other bots skip
+    /// the challenge, so they get no ticket of a round that asks for one).
     Solver,
 }
 
 impl Profile {
     /// Every bot profile that can be played, in report order.
-    pub const BOTS: [Profile; 4] = [
+    pub const BOTS: [Profile; 5] = [
         Profile::Early,
         Profile::Hammer,
         Profile::Network,
         Profile::Sharing,
+        Profile::Solver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +55,13 @@ impl Profile {
 
     pub fn is_bot(self) -> bool {
         self != Profile::People
+    }
+
+    /// Whether this buyer solves the round's proof-of-work challenge
+    /// before asking for a ticket (people's sale page does; of the bots,
+    /// only `solver` pays for it).
+    pub fn solves_challenge(self) -> bool {
+        matches!(self, Profile::People | Profile::Solver)
     }
 }
 
@@ -71,12 +80,14 @@ pub struct BotMix {
 
 impl BotMix {
     /// The default mix: every playable profile once; `sharing` only with
-    /// tickets (a ticket is what it shares).
-    pub fn default_for(tickets: bool) -> Self {
+    /// tickets (a ticket is what it shares), `solver` only with a challenge
+    /// (what it solves).
+    pub fn default_for(tickets: bool, challenge: bool) -> Self {
         Self {
             weights: Profile::BOTS
                 .iter()
                 .filter(|p| tickets || **p != Profile::Sharing)
+                .filter(|p| challenge || **p != Profile::Solver)
                 .map(|p| (*p, 1))
                 .collect(),
         }
@@ -108,15 +119,10 @@ impl FromStr for BotMix {
                 "hammer" => Profile::Hammer,
                 "network" => Profile::Network,
                 "sharing" => Profile::Sharing,
-                "solver" => {
-                    return Err(
-                        "`solver` needs the proof-of-work challenge, which the crowd cannot solve yet"
-                            .into(),
-                    );
-                }
+                "solver" => Profile::Solver,
                 other => {
                     return Err(format!(
-                        "unknown bot profile `{other}` (early, hammer, network, sharing)"
+                        "unknown bot profile `{other}` (early, hammer, network, sharing, solver)"
                     ));
                 }
             };
@@ -234,23 +240,26 @@ mod tests {
                 (Profile::Sharing, 1)
             ]
         );
-        assert!(
-            "solver=1"
-                .parse::<BotMix>()
-                .unwrap_err()
-                .contains("proof-of-work")
+        assert_eq!(
+            "solver=1".parse::<BotMix>().unwrap().weights,
+            [(Profile::Solver, 1)]
         );
         assert!("robot=1".parse::<BotMix>().is_err());
         assert!("early".parse::<BotMix>().is_err());
         assert!("early=1,early=2".parse::<BotMix>().is_err());
         assert!("early=0".parse::<BotMix>().is_err());
-        assert_eq!(BotMix::default_for(false).weight(Profile::Sharing), 0);
-        assert_eq!(BotMix::default_for(true).weight(Profile::Sharing), 1);
+        assert_eq!(
+            BotMix::default_for(false, false).weight(Profile::Sharing),
+            0
+        );
+        assert_eq!(BotMix::default_for(true, false).weight(Profile::Sharing), 1);
+        assert_eq!(BotMix::default_for(true, false).weight(Profile::Solver), 0);
+        assert_eq!(BotMix::default_for(true, true).weight(Profile::Solver), 1);
     }
 
     #[test]
     fn counts_add_up_to_the_crowd() {
-        let mix = BotMix::default_for(true);
+        let mix = BotMix::default_for(true, false);
         let c = counts(200, 20.0, &mix);
         assert_eq!(
             c,
@@ -289,7 +298,7 @@ mod tests {
 
     #[test]
     fn assignment_is_deterministic_and_keeps_the_counts() {
-        let mix = BotMix::default_for(true);
+        let mix = BotMix::default_for(true, false);
         let a = assign(1000, 10.0, &mix, 7);
         assert_eq!(a, assign(1000, 10.0, &mix, 7));
         assert_ne!(a, assign(1000, 10.0, &mix, 8));

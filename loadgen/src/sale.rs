@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -25,6 +26,7 @@ use crate::{
     profile::{self, BotMix, Profile, Reaction},
     progress::Progress,
     report::{Report, SaleFigures, Timeline},
+    screenshot::ConsoleView,
     setup::{Admin, RoundInfo, RoundSpec},
     stats::Stats,
     verdict::{self, ClientView, StoreReader, Stores},
@@ -97,6 +99,9 @@ pub struct SaleOptions {
     pub settle: Duration,
     pub progress: bool,
     pub seed: u64,
+    /// Write the console's dashboard of the round to this PNG once every
+    /// item sold out ([`crate::screenshot`]).
+    pub console_screenshot: Option<PathBuf>,
 }
 
 impl Default for SaleOptions {
@@ -138,6 +143,7 @@ impl Default for SaleOptions {
             request_timeout: Duration::from_secs(10),
             settle: Duration::from_secs(15),
             progress: true,
+            console_screenshot: None,
             seed: 42,
         }
     }
@@ -171,7 +177,12 @@ impl SaleOptions {
     pub fn mix(&self) -> BotMix {
         self.bot_mix
             .clone()
-            .unwrap_or_else(|| BotMix::default_for(self.tickets))
+            .unwrap_or_else(|| BotMix::default_for(self.tickets, self.challenge()))
+    }
+
+    /// Whether the round asks for a proof-of-work challenge.
+    pub fn challenge(&self) -> bool {
+        self.tickets && self.pow_difficulty.unwrap_or(0) > 0
     }
 
     /// Buyers per source address in effect.
@@ -190,6 +201,11 @@ impl SaleOptions {
         if self.bots_pct > 0.0 && !self.tickets && self.mix().weight(Profile::Sharing) > 0 {
             bail!(
                 "sharing bots share purchase tickets: add --tickets, or leave sharing out of --bot-mix"
+            );
+        }
+        if self.bots_pct > 0.0 && !self.challenge() && self.mix().weight(Profile::Solver) > 0 {
+            bail!(
+                "solver bots solve the ticket challenge: add --tickets and --pow-difficulty above 0, or leave solver out of --bot-mix"
             );
         }
         if self.per_address() > 0 {
@@ -335,9 +351,22 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
             starts_at_ms: round.starts_at_ms,
             tickets: opts.tickets,
             ticket_lead_ms: lead_ms as i64,
+            challenge: opts.challenge(),
             bot_requests: opts.bot_requests,
         }),
         stop: CancellationToken::new(),
+    };
+
+    // The console follows the round from before the start, so its chart
+    // holds the whole sale.
+    let screenshot = match &opts.console_screenshot {
+        Some(out) => {
+            let operator = keys.mint("loadgen-console", Role::Operator, ttl);
+            let view = ConsoleView::open(&opts.admin, &operator, round.id).await?;
+            let (out, limit) = (out.clone(), opts.duration);
+            Some(tokio::spawn(view.capture_when_sold_out(out, limit)))
+        }
+        None => None,
     };
 
     let progress = Progress::start(opts.buyers as u64, stats.clone(), opts.progress);
@@ -364,6 +393,16 @@ pub async fn run(opts: SaleOptions) -> anyhow::Result<Report> {
     }
     let elapsed = begun.elapsed();
     progress.finish().await;
+    if let (Some(task), Some(out)) = (screenshot, &opts.console_screenshot) {
+        match task.await.context("the screenshot task panicked")? {
+            Ok(true) => eprintln!("console screenshot: {}", out.display()),
+            Ok(false) => eprintln!(
+                "console screenshot: {} (taken before every item sold out)",
+                out.display()
+            ),
+            Err(e) => eprintln!("console screenshot failed: {e:#}"),
+        }
+    }
 
     let reader = StoreReader::connect(&opts.stores).await?;
     let snap = reader.settled(round.id, opts.settle).await?;

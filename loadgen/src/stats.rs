@@ -31,6 +31,8 @@ use crate::profile::Profile;
 pub enum Kind {
     Page,
     Time,
+    /// A proof-of-work challenge request.
+    Challenge,
     /// A purchase ticket request.
     Ticket,
     Buy,
@@ -43,6 +45,7 @@ impl Kind {
         match self {
             Kind::Page => "page",
             Kind::Time => "time",
+            Kind::Challenge => "challenge",
             Kind::Ticket => "ticket",
             Kind::Buy => "buy",
             Kind::Poll => "poll",

@@ -488,3 +488,80 @@ async fn a_mixed_crowd_with_tickets_reports_who_won() {
     drop(edge);
     backend.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_challenge_only_those_who_solve_it_get_tickets() {
+    let secret = format!("loadgen-pow-secret-{}", unique());
+    let backend = Backend::spawn(&secret).await;
+    let edge = Edge::start(
+        &secret,
+        &backend.config.redis.key_prefix,
+        Some(backend.addr),
+        &limits(20, 1),
+        true,
+        Some(&backend.config.pages.dir),
+    )
+    .await;
+    let opts = SaleOptions {
+        target: edge.url.clone(),
+        admin: format!("http://{}", backend.addr),
+        secret: secret.clone(),
+        stores: backend.stores(),
+        buyers: 100,
+        items: 1,
+        stock: 10,
+        repeat_clickers: 0.0,
+        forgers: 0.0,
+        early_birds: 0.0,
+        start_in: Duration::from_millis(5_000),
+        duration: Duration::from_secs(60),
+        concurrency: 64,
+        settle: Duration::from_secs(15),
+        progress: false,
+        tickets: true,
+        pow_difficulty: Some(3),
+        bots_pct: 20.0,
+        bot_mix: Some("hammer=1,solver=1".parse::<BotMix>().unwrap()),
+        bot_requests: 40,
+        buyers_per_address: Some(2),
+        ..Default::default()
+    };
+    let report = seckill_loadgen::run(opts).await.expect("the sale runs");
+    println!("{report}");
+    assert!(
+        report.verdict.passed,
+        "verdict: {:#?}\n{}",
+        report.verdict.checks,
+        edge.log()
+    );
+    assert_eq!(report.sale.units_taken, 10);
+    let f = &report.fairness;
+    let row = |p: Profile| f.profiles.iter().find(|r| r.profile == p).unwrap();
+
+    // Hammer bots skip the challenge: every ticket they ask for is refused
+    // and they win nothing.
+    let hammer = row(Profile::Hammer);
+    assert_eq!(hammer.units_won, 0);
+    let tickets = &hammer.answers["ticket"];
+    assert!(
+        tickets.keys().all(|o| o == "403 challenge_required"),
+        "{tickets:?}"
+    );
+    assert!(!hammer.requests.contains_key("challenge"));
+
+    // Solver bots and people solve one challenge per ticket and get them.
+    for p in [Profile::Solver, Profile::People] {
+        let r = row(p);
+        assert!(r.answers["challenge"]["200"] > 0, "{r:?}");
+        assert!(r.answers["ticket"]["200"] > 0, "{r:?}");
+        assert!(
+            !r.answers["ticket"].contains_key("403 challenge_failed")
+                && !r.answers["ticket"].contains_key("403 challenge_required"),
+            "{r:?}"
+        );
+    }
+    assert!(row(Profile::People).answers["ticket"]["200"] >= 70);
+
+    drop(edge);
+    backend.teardown().await;
+}
