@@ -9,8 +9,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_rounds_items_orders;
 mod m20261122_000002_order_lifecycle;
-mod m20261204_000003_round_pow;
-mod m20261204_000004_round_admission;
+mod m20261204_000003_round_fairness;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -21,8 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_rounds_items_orders::Migration),
             Box::new(m20261122_000002_order_lifecycle::Migration),
-            Box::new(m20261204_000003_round_pow::Migration),
-            Box::new(m20261204_000004_round_admission::Migration),
+            Box::new(m20261204_000003_round_fairness::Migration),
         ]
     }
 }

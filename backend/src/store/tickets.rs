@@ -88,16 +88,7 @@ impl SaleStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let key = self.keys(round_id, item_id).ticket_used(ticket_id);
-        let mut c = self.connection();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(user)
-            .arg("PX")
-            .arg((expires_ms - now_ms).max(1))
-            .arg("NX")
-            .query_async(&mut c)
-            .await?;
-        Ok(set.is_some())
+        self.set_once(&key, user, expires_ms - now_ms).await
     }
 
     /// Gives a spent ticket back: its buy was refused with nothing
@@ -126,12 +117,17 @@ impl SaleStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let key = self.keys(round_id, item_id).challenge_used(nonce);
+        self.set_once(&key, user, expires_ms - now_ms).await
+    }
+
+    /// `SET key user PX ttl NX`: `true` when this call set it.
+    async fn set_once(&self, key: &str, user: &str, ttl_ms: i64) -> Result<bool, StoreError> {
         let mut c = self.connection();
         let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
+            .arg(key)
             .arg(user)
             .arg("PX")
-            .arg((expires_ms - now_ms).max(1))
+            .arg(ttl_ms.max(1))
             .arg("NX")
             .query_async(&mut c)
             .await?;
