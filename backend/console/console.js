@@ -170,6 +170,7 @@ $('round-form').addEventListener('submit', async (ev) => {
     ends_at: $('round-ends').value.trim(),
     items,
     pow_difficulty: number($('round-pow').value || '0'),
+    admission_window_ms: number($('round-window').value || '0'),
   };
   const r = await attempt('create-msg', () => call('POST', '/admin/rounds', body));
   if (!r) return;
