@@ -169,7 +169,9 @@ async fn the_sale_page_solves_its_challenge_gets_a_ticket_and_buys() {
         path.display(),
         data(&b, "solveMs").await.unwrap_or_default()
     );
-    drop(b);
+    // Ending the session makes chromedriver stop its Chromium (killing
+    // chromedriver alone would leave the browser running).
+    b.client.close().await.expect("the browser closes");
     drop(edge);
     backend.teardown().await;
 }
