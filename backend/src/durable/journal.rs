@@ -288,6 +288,17 @@ impl Journal {
         self.redis_unreachable.load(Ordering::Acquire)
     }
 
+    /// How many buys of an item wait in the journal.
+    pub fn waiting_for_item(&self, round_id: i64, item_id: i64) -> usize {
+        self.entries
+            .lock()
+            .expect("journal")
+            .per_item
+            .get(&(round_id, item_id))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The attempt a buyer has waiting in the journal for an item.
     pub fn buyer_entry(&self, round_id: i64, item_id: i64, user: &str) -> Option<String> {
         self.entries

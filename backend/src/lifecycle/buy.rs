@@ -31,7 +31,10 @@
 //!   processing`); [`super::replay`] runs it through the reserve script
 //!   later, in arrival order. The journal is bounded per item (by default
 //!   the item's stock). A buyer whose journaled buy still waits gets it
-//!   back (`processing`).
+//!   back (`processing`). Once Redis answers, a later buy of an item with
+//!   journaled buys still waiting waits for their replay (up to a second,
+//!   then `Held`): they were told 202 first, so they take their units
+//!   first.
 //! - The order message not confirmed: it is spooled and the buy answered
 //!   `Accepted`; [`super::spool_drain`] delivers it.
 //! - Neither can be written (disk full, directory gone, fsync failed): the
@@ -293,6 +296,16 @@ async fn run(
             status: AttemptStatus::Processing,
         });
     }
+    if !journal_drained(durable, req.round_id, req.item_id).await {
+        // Buys journaled while Redis was away were told 202 first: they
+        // take their units before any later buy of the item, or a later
+        // buy could sell what they were promised. The edge keeps its
+        // permits (nothing ran); the buyer retries shortly.
+        *permit = Some(Effect::Kept);
+        return Err(BuyError::Held {
+            retry_after_ms: JOURNAL_DRAIN_RETRY_MS,
+        });
+    }
     let outcome = match reserve_verified(lc, &id, req, now, permit).await {
         Ok(o) => o,
         Err(BuyError::Unanswered(e)) if e.redis_unreachable() => {
@@ -417,6 +430,26 @@ pub async fn enqueue(
 
 /// Journals a buy that cannot reach Redis, after checking what the
 /// database knows of the item (on sale, window, per-user limit).
+/// How long a buy waits for the journaled buys of its item to be replayed
+/// before it is answered `Held`.
+const JOURNAL_DRAIN_WAIT: Duration = Duration::from_millis(1_000);
+const JOURNAL_DRAIN_RETRY_MS: u64 = 250;
+
+/// Whether no journaled buy of the item is waiting, or none is once the
+/// replay got to them within [`JOURNAL_DRAIN_WAIT`].
+async fn journal_drained(durable: &Durable, round_id: i64, item_id: i64) -> bool {
+    let deadline = tokio::time::Instant::now() + JOURNAL_DRAIN_WAIT;
+    while durable.journal.waiting_for_item(round_id, item_id) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // The replay removes entries as it decides them (it is woken by
+        // appends, not removals): look again shortly.
+        tokio::time::sleep(REBUILD_STEP).await;
+    }
+    true
+}
+
 async fn journal_buy(
     lc: &Arc<Lifecycle>,
     durable: &Durable,
