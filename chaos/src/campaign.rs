@@ -182,6 +182,11 @@ async fn campaign(
             why = ?row.why,
             "scenario done"
         );
+        if !row.passed {
+            // The run directory goes with the campaign: keep what the
+            // processes said about the fault where CI's output keeps it.
+            print_log_tails(&dir.join(format!("{tag}-s{}", sc.id)), &rabbit_dir);
+        }
         rows.push(row);
     }
     let Services { redis, rabbit, pg } = services;
@@ -367,4 +372,67 @@ async fn run_scenario(
     row.elapsed_secs = begun.elapsed().as_secs_f64();
     row.spread_secs = spread.as_secs_f64();
     Ok(row)
+}
+
+/// Lines kept per log when a scenario fails.
+const TAIL_LINES: usize = 30;
+
+/// Prints to stderr the last warnings and errors of a failed scenario's
+/// backends and worker, and of the broker.
+fn print_log_tails(scenario_dir: &Path, rabbit_dir: &Path) {
+    let mut logs: Vec<_> = std::fs::read_dir(scenario_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.extend(
+        std::fs::read_dir(rabbit_dir.join("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log")),
+    );
+    logs.sort();
+    for path in logs {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let lines: Vec<String> = text
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| {
+                [" WARN ", " ERROR ", "[warning]", "[error]"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        eprintln!("--- {}: last warnings and errors ---", path.display());
+        for l in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+            eprintln!("{}", l.chars().take(300).collect::<String>());
+        }
+    }
+}
+
+/// A log line without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -6,10 +6,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::{FieldTable, ShortString},
+    options::{BasicAckOptions, BasicNackOptions},
+    types::FieldTable,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Lifecycle;
 use crate::queue::{
     Publisher,
-    broker::{self, BrokerChannel, ConnectError},
+    broker::{ConnectError, Subscription},
     topology::Topology,
 };
 
@@ -86,34 +85,16 @@ async fn consume(
     topology: &Topology,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnectError> {
-    let BrokerChannel { conn, channel } = broker::open(&lc.config.rabbitmq, topology).await?;
-    channel.basic_qos(64, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            ShortString::from(topology.expiry()),
-            ShortString::from("expiry"),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %topology.expiry(), "expiry consumer running");
+    let queue = topology.expiry();
+    let mut sub = Subscription::open(&lc.config.rabbitmq, topology, &queue, "expiry", 64).await?;
+    tracing::info!(%queue, "expiry consumer running");
     loop {
-        let next = tokio::select! {
+        let delivery = tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = conn.close(200, ShortString::from("shutdown")).await;
+                sub.close().await;
                 return Ok(());
             }
-            d = consumer.next() => d,
-        };
-        let delivery = match next {
-            Some(d) => d?,
-            None => {
-                return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                    lapin::ChannelState::Closed,
-                    "expiry consumer cancelled",
-                ))
-                .into());
-            }
+            d = sub.next() => d?,
         };
         let Ok(msg) = serde_json::from_slice::<ExpiryMessage>(&delivery.data) else {
             tracing::error!("not an expiry message; dropping it");

@@ -36,14 +36,11 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, future::BoxFuture};
+use futures::future::BoxFuture;
 use lapin::{
-    Connection, Consumer,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    },
-    types::{AMQPValue, FieldTable, ShortString},
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+    types::{AMQPValue, FieldTable},
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, QueryFilter,
@@ -53,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     OrderMessage, Publisher,
-    broker::{self, BrokerChannel, ConnectError},
+    broker::{ConnectError, Subscription},
     topology::Topology,
 };
 use crate::{
@@ -118,19 +115,30 @@ impl OrderWriter {
         }
     }
 
-    /// Consumes until `shutdown`, reconnecting after broker failures. The
-    /// batch in hand when shutdown comes is committed and acked first.
+    /// Consumes until `shutdown`, reconnecting after broker failures (and
+    /// after a subscription the broker stopped feeding). The batch in hand
+    /// when shutdown comes is committed and acked first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let cfg = &self.lc.config;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            match self.connect().await {
-                Ok((conn, consumer)) => {
-                    tracing::info!(queue = %self.topology.orders(), "order writer consuming");
-                    match self.consume(consumer, &shutdown).await {
+            let orders = self.topology.orders();
+            match Subscription::open(
+                &cfg.rabbitmq,
+                &self.topology,
+                orders,
+                "order-writer",
+                cfg.writer.prefetch,
+            )
+            .await
+            {
+                Ok(mut sub) => {
+                    tracing::info!(queue = %orders, "order writer consuming");
+                    match self.consume(&mut sub, &shutdown).await {
                         Ok(()) => {
-                            let _ = conn.close(200, ShortString::from("shutdown")).await;
+                            sub.close().await;
                             return;
                         }
                         Err(e) => tracing::warn!(error = %e, "order writer lost its channel"),
@@ -145,55 +153,29 @@ impl OrderWriter {
         }
     }
 
-    async fn connect(&self) -> Result<(Connection, Consumer), ConnectError> {
-        let BrokerChannel { conn, channel } =
-            broker::open(&self.lc.config.rabbitmq, &self.topology).await?;
-        channel
-            .basic_qos(self.lc.config.writer.prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(self.topology.orders()),
-                ShortString::from("order-writer"),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((conn, consumer))
-    }
-
     async fn consume(
         &self,
-        mut consumer: Consumer,
+        sub: &mut Subscription,
         shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), ConnectError> {
         let cfg = &self.lc.config.writer;
         let wait = Duration::from_millis(cfg.batch_wait_ms);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                d = consumer.next() => d,
-            };
-            let first = match first {
-                Some(d) => d?,
-                None => {
-                    return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                        lapin::ChannelState::Closed,
-                        "consumer cancelled",
-                    )));
-                }
+                d = sub.next() => d?,
             };
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + wait;
             let mut failure = None;
             while batch.len() < cfg.batch_size {
-                match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(Some(Ok(d))) => batch.push(d),
-                    Ok(Some(Err(e))) => {
+                match sub.next_before(deadline).await {
+                    Some(Ok(d)) => batch.push(d),
+                    Some(Err(e)) => {
                         failure = Some(e);
                         break;
                     }
-                    Ok(None) | Err(_) => break,
+                    None => break,
                 }
             }
             self.process(batch).await?;

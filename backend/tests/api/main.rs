@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod broker;
 #[path = "../common/browser.rs"]
 mod browser;
 mod buy;
