@@ -17,6 +17,10 @@
 //!   one-order-per-buyer key is released; one refused by the guard is
 //!   cancelled without making its units available (Redis's counters were
 //!   wrong), and the item is rebuilt from the database.
+//!   The guard locks and bumps the batch's item rows in one statement and
+//!   sums an item's live orders only when another writer wrote to the item
+//!   since this writer's last batch of it, or the batch would not fit by
+//!   what that batch left (see `stock_guard`).
 //! - The attempts are marked `ordered`, an expiry message is scheduled per
 //!   order, and only then are the messages acked.
 //!
@@ -44,7 +48,7 @@ use lapin::{
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, QueryFilter,
-    QuerySelect, Set, TransactionTrait, sea_query::Expr,
+    QuerySelect, Statement, TransactionTrait, sea_query::Expr,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +91,8 @@ pub struct OrderWriter {
     /// Confirmed publishes of retries, dead letters and expiry messages.
     pub publisher: Arc<Publisher>,
     pub hooks: WriterHooks,
+    /// What the stock guard last learned of each item (PostgreSQL).
+    guard_seen: GuardCache,
 }
 
 struct Pending {
@@ -112,6 +118,7 @@ impl OrderWriter {
             topology,
             publisher,
             hooks,
+            guard_seen: GuardCache::default(),
         }
     }
 
@@ -539,61 +546,79 @@ impl OrderWriter {
             if !seen.insert(msg.attempt_id.as_str()) {
                 continue;
             }
-            rows.push(order::ActiveModel {
-                id: Set(msg.attempt_id.clone()),
-                attempt_id: Set(msg.attempt_id.clone()),
-                round_id: Set(msg.round_id),
-                item_id: Set(msg.item_id),
-                user_id: Set(msg.user_id.clone()),
-                qty: Set(msg.qty),
-                unit_price_cents: Set(msg.unit_price_cents),
-                status: Set(order::status::PENDING_PAYMENT.to_owned()),
-                reserved_at_ms: Set(msg.reserved_at_ms),
-                created_at_ms: Set(now),
-                pay_by_ms: Set(pay_by),
-                paid_at_ms: Set(None),
-                cancelled_at_ms: Set(None),
-                cancel_reason: Set(None),
-                payment_started_at_ms: Set(None),
-                charge_id: Set(None),
-                counters_applied: Set(true),
+            rows.push(order::Model {
+                id: msg.attempt_id.clone(),
+                attempt_id: msg.attempt_id.clone(),
+                round_id: msg.round_id,
+                item_id: msg.item_id,
+                user_id: msg.user_id.clone(),
+                qty: msg.qty,
+                unit_price_cents: msg.unit_price_cents,
+                status: order::status::PENDING_PAYMENT.to_owned(),
+                reserved_at_ms: msg.reserved_at_ms,
+                created_at_ms: now,
+                pay_by_ms: pay_by,
+                paid_at_ms: None,
+                cancelled_at_ms: None,
+                cancel_reason: None,
+                payment_started_at_ms: None,
+                charge_id: None,
+                counters_applied: true,
             });
         }
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone().unwrap()).collect();
         let txn = self.lc.db.begin().await?;
-        let fates = stock_guard(&txn, &rows).await?;
-        let accepted: Vec<_> = rows
-            .into_iter()
-            .filter(|r| matches!(fates.get(r.id.as_ref()), Some(Fate::Written)))
+        let guard = stock_guard(&txn, &rows, &self.guard_seen).await?;
+        let new: Vec<order::Model> = rows
+            .iter()
+            .filter(|r| {
+                !guard.existing.contains_key(&r.id)
+                    && matches!(guard.fates.get(&r.id), Some(Fate::Written))
+            })
+            .cloned()
             .collect();
-        orders::insert_ignoring_conflicts(&txn, accepted).await?;
+        orders::insert_ignoring_conflicts(
+            &txn,
+            new.into_iter().map(order::ActiveModel::from).collect(),
+        )
+        .await?;
         txn.commit().await?;
 
-        let written: HashMap<String, order::Model> = order::Entity::find()
-            .filter(order::Column::AttemptId.is_in(ids.clone()))
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let written: HashMap<String, i64> = order::Entity::find()
+            .select_only()
+            .column(order::Column::AttemptId)
+            .column(order::Column::PayByMs)
+            .filter(order::Column::AttemptId.is_in(ids))
+            .into_tuple::<(String, i64)>()
             .all(&self.lc.db)
             .await?
             .into_iter()
-            .map(|o| (o.attempt_id.clone(), o))
             .collect();
+        // What the batch added to its items' live units.
+        guard.remember(
+            &self.guard_seen,
+            rows.iter()
+                .filter(|r| written.contains_key(&r.id) && !guard.existing.contains_key(&r.id)),
+        );
         // The written orders: marked in Redis, one call per item.
-        let mut done: Vec<(AttemptId, &order::Model)> = Vec::new();
+        let mut done: Vec<(AttemptId, &str, i64)> = Vec::new();
         let mut refused: Vec<(&str, AttemptId)> = Vec::new();
-        for aid in &ids {
-            let id: AttemptId = aid.parse().map_err(|_| StoreError::Protocol(aid.clone()))?;
+        for r in &rows {
+            let aid = r.id.as_str();
+            let id: AttemptId = aid.parse().map_err(|_| StoreError::Protocol(aid.into()))?;
             match written.get(aid) {
-                Some(o) => done.push((id, o)),
+                Some(&pay_by_ms) => done.push((id, aid, pay_by_ms)),
                 None => refused.push((aid, id)),
             }
         }
-        let groups = by_item(done.iter().map(|(id, _)| id));
+        let groups = by_item(done.iter().map(|(id, _, _)| id));
         let marked = futures::future::join_all(groups.iter().map(|idx| {
             let marks: Vec<(&AttemptId, &str, i64)> = idx
                 .iter()
-                .map(|&i| (&done[i].0, done[i].1.id.as_str(), done[i].1.pay_by_ms))
+                .map(|&i| (&done[i].0, done[i].1, done[i].2))
                 .collect();
             async move { self.lc.sale.mark_ordered_many(&marks, now).await }
         }))
@@ -601,7 +626,7 @@ impl OrderWriter {
         for m in marked {
             m?;
         }
-        let fates = &fates;
+        let fates = &guard.fates;
         futures::future::join_all(refused.iter().map(|(aid, id)| async move {
             if let Some(Fate::OverStock) = fates.get(*aid) {
                 // Redis reserved a unit the database says is taken: its
@@ -625,10 +650,10 @@ impl OrderWriter {
         .collect::<Result<Vec<()>, _>>()?;
         let expiries = done
             .iter()
-            .filter(|(_, o)| o.pay_by_ms > now)
-            .map(|(_, o)| ExpiryMessage {
-                order_id: o.id.clone(),
-                pay_by_ms: o.pay_by_ms,
+            .filter(|(_, _, pay_by_ms)| *pay_by_ms > now)
+            .map(|(_, order_id, pay_by_ms)| ExpiryMessage {
+                order_id: (*order_id).to_owned(),
+                pay_by_ms: *pay_by_ms,
             })
             .collect();
         Ok(expiries)
@@ -660,66 +685,206 @@ impl From<StoreError> for SettleError {
     }
 }
 
+/// What the stock guard learned of one item in a committed batch: the
+/// version (`xmin`) its row got from that batch's transaction, and the live
+/// units of the item then.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    version: u64,
+    used: i64,
+}
+
+/// Items the guard has seen, shared by the writer's clones.
+type GuardCache = Arc<std::sync::Mutex<HashMap<(i64, i64), Seen>>>;
+
+/// Items remembered at most; past it the cache starts over.
+const GUARD_CACHE_ITEMS: usize = 1024;
+
+/// The stock guard's decision for a batch.
+struct Guard {
+    fates: HashMap<String, Fate>,
+    /// Orders of the batch already in the database, with their pay-by.
+    existing: HashMap<String, i64>,
+    /// Items locked and bumped (PostgreSQL): their new version and the
+    /// live units before the batch.
+    locked: Vec<((i64, i64), u64, i64)>,
+}
+
+impl Guard {
+    /// After the commit: the items' live units are now the units counted
+    /// plus those `inserted`.
+    fn remember<'a>(&self, cache: &GuardCache, inserted: impl Iterator<Item = &'a order::Model>) {
+        let mut added: HashMap<(i64, i64), i64> = HashMap::new();
+        for r in inserted {
+            *added.entry((r.round_id, r.item_id)).or_default() += r.qty;
+        }
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= GUARD_CACHE_ITEMS {
+            c.clear();
+        }
+        for (key, version, used) in &self.locked {
+            let used = used + added.get(key).copied().unwrap_or(0);
+            c.insert(
+                *key,
+                Seen {
+                    version: *version,
+                    used,
+                },
+            );
+        }
+    }
+}
+
 /// Decides, inside the batch's transaction, which new rows fit in their
 /// item's stock: live orders (not cancelled) of an item never hold more
 /// units than it has. Rows whose order already exists (redeliveries) are
-/// written (a no-op). On PostgreSQL the item rows are locked so two writers
-/// cannot both fill the last units.
+/// written (a no-op).
+///
+/// On PostgreSQL one statement locks the batch's item rows (in id order,
+/// so two writers cannot both fill the last units, nor deadlock) and bumps
+/// them (`SET stock = stock`), which gives each a new `xmin`. When an
+/// item's previous `xmin` is the one this writer's last batch of it gave
+/// it, no other writer has added orders since (every writer bumps the
+/// item it writes), so the live units are at most what that batch left —
+/// orders are only ever cancelled meanwhile — and the guard counts from
+/// there; it sums the item's orders only when that does not hold, or when
+/// the batch would not fit by that count.
 async fn stock_guard(
     txn: &DatabaseTransaction,
-    rows: &[order::ActiveModel],
-) -> Result<HashMap<String, Fate>, StoreError> {
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone().unwrap()).collect();
-    let existing: HashSet<String> = order::Entity::find()
+    rows: &[order::Model],
+    cache: &GuardCache,
+) -> Result<Guard, StoreError> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let existing: HashMap<String, i64> = order::Entity::find()
         .select_only()
         .column(order::Column::Id)
+        .column(order::Column::PayByMs)
         .filter(order::Column::Id.is_in(ids))
-        .into_tuple::<String>()
+        .into_tuple::<(String, i64)>()
         .all(txn)
         .await?
         .into_iter()
         .collect();
     let mut fates = HashMap::new();
-    let mut by_item: HashMap<(i64, i64), Vec<&order::ActiveModel>> = HashMap::new();
+    let mut by_item: Vec<((i64, i64), Vec<&order::Model>)> = Vec::new();
     for r in rows {
-        let id = r.id.clone().unwrap();
-        if existing.contains(&id) {
-            fates.insert(id, Fate::Written);
-        } else {
-            by_item
-                .entry((r.round_id.clone().unwrap(), r.item_id.clone().unwrap()))
-                .or_default()
-                .push(r);
+        if existing.contains_key(&r.id) {
+            fates.insert(r.id.clone(), Fate::Written);
+            continue;
+        }
+        let key = (r.round_id, r.item_id);
+        match by_item.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(r),
+            None => by_item.push((key, vec![r])),
         }
     }
+    let mut locked = Vec::new();
     let pg = txn.get_database_backend() == DatabaseBackend::Postgres;
-    for ((round_id, item_id), new) in by_item {
-        let mut q = item::Entity::find_by_id(item_id).filter(item::Column::RoundId.eq(round_id));
-        if pg {
-            q = q.lock_exclusive();
+    // (stock, live units known to be no fewer, whether that is exact)
+    let mut counts: HashMap<(i64, i64), (i64, Option<i64>)> = HashMap::new();
+    if pg && !by_item.is_empty() {
+        let seen = cache.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (key, stock, old, new) in lock_and_bump(txn, by_item.iter().map(|(k, _)| *k)).await? {
+            let cached = seen.get(&key).filter(|s| s.version == old).map(|s| s.used);
+            counts.insert(key, (stock, cached));
+            locked.push((key, new, 0));
         }
-        let stock = q.one(txn).await?.map(|i| i.stock).unwrap_or(0);
-        let used: i64 = order::Entity::find()
-            .select_only()
-            .column_as(Expr::cust("CAST(COALESCE(SUM(qty), 0) AS BIGINT)"), "used")
-            .filter(order::Column::RoundId.eq(round_id))
-            .filter(order::Column::ItemId.eq(item_id))
-            .filter(order::Column::Status.ne(order::status::CANCELLED))
-            .into_tuple::<i64>()
-            .one(txn)
-            .await?
-            .unwrap_or(0);
+    }
+    for (key, new) in &by_item {
+        let (round_id, item_id) = *key;
+        let units: i64 = new.iter().map(|r| r.qty).sum();
+        let (stock, cached) = match counts.get(key) {
+            Some(c) => *c,
+            None if pg => (0, None),
+            None => {
+                let stock = item::Entity::find_by_id(item_id)
+                    .filter(item::Column::RoundId.eq(round_id))
+                    .one(txn)
+                    .await?
+                    .map(|i| i.stock)
+                    .unwrap_or(0);
+                (stock, None)
+            }
+        };
+        let used = match cached {
+            Some(used) if units <= stock - used => used,
+            _ => live_units(txn, round_id, item_id).await?,
+        };
+        if let Some(l) = locked.iter_mut().find(|(k, _, _)| k == key) {
+            l.2 = used;
+        }
         let mut room = stock - used;
         for r in new {
-            let qty = r.qty.clone().unwrap();
-            let fate = if qty <= room {
-                room -= qty;
+            let fate = if r.qty <= room {
+                room -= r.qty;
                 Fate::Written
             } else {
                 Fate::OverStock
             };
-            fates.insert(r.id.clone().unwrap(), fate);
+            fates.insert(r.id.clone(), fate);
         }
     }
-    Ok(fates)
+    Ok(Guard {
+        fates,
+        existing,
+        locked,
+    })
+}
+
+/// Locks the items' rows in id order and gives each a new version; returns
+/// per item found its stock, its version before and its version now.
+async fn lock_and_bump(
+    txn: &DatabaseTransaction,
+    items: impl Iterator<Item = (i64, i64)>,
+) -> Result<Vec<((i64, i64), i64, u64, u64)>, StoreError> {
+    let mut pairs = Vec::new();
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    for (round_id, item_id) in items {
+        pairs.push(format!("(${}, ${})", values.len() + 1, values.len() + 2));
+        values.push(round_id.into());
+        values.push(item_id.into());
+    }
+    let sql = format!(
+        "WITH old AS (SELECT id, xmin::text::bigint AS v FROM items \
+         WHERE (round_id, id) IN ({}) ORDER BY id FOR UPDATE) \
+         UPDATE items i SET stock = i.stock FROM old WHERE i.id = old.id \
+         RETURNING i.round_id, i.id, i.stock, old.v, i.xmin::text::bigint AS nv",
+        pairs.join(", ")
+    );
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                (r.try_get("", "round_id")?, r.try_get("", "id")?),
+                r.try_get("", "stock")?,
+                r.try_get::<i64>("", "v")? as u64,
+                r.try_get::<i64>("", "nv")? as u64,
+            ))
+        })
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()
+        .map_err(Into::into)
+}
+
+/// The units of an item's live (not cancelled) orders.
+async fn live_units(
+    txn: &DatabaseTransaction,
+    round_id: i64,
+    item_id: i64,
+) -> Result<i64, StoreError> {
+    Ok(order::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("CAST(COALESCE(SUM(qty), 0) AS BIGINT)"), "used")
+        .filter(order::Column::RoundId.eq(round_id))
+        .filter(order::Column::ItemId.eq(item_id))
+        .filter(order::Column::Status.ne(order::status::CANCELLED))
+        .into_tuple::<i64>()
+        .one(txn)
+        .await?
+        .unwrap_or(0))
 }

@@ -1,5 +1,5 @@
 //! Request extractors that answer with [`ApiError`] JSON: the caller's
-//! verified identity, an admin caller, the client's address, and a
+//! verified identity (through [`super::verified`]'s cache), an admin caller, the client's address, and a
 //! size-limited JSON body.
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +24,12 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        Ok(Caller(state.tokens.verify_header(header)?))
+        let leeway = state.config.auth.leeway_secs;
+        Ok(Caller(super::verified::verify_header(
+            &state.tokens,
+            leeway,
+            header,
+        )?))
     }
 }
 
