@@ -5,19 +5,11 @@
 //! Identity headers sent to the backend are set here and nowhere else; the
 //! client's copies are always stripped.
 //!
-//! Verified tokens are remembered per worker thread (at most
-//! [`TOKEN_CACHE_ENTRIES`], keyed by the token's exact text, each until its
-//! `exp` plus the leeway, as the full check would decide), so a buyer's
-//! repeated requests skip the JWT decode and HMAC. Refused tokens are not
-//! remembered.
+//! Verified tokens are remembered per thread by
+//! [`TokenKeys::verify_header_cached`], so a buyer's repeated requests skip
+//! the JWT decode and HMAC.
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    net::IpAddr,
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::net::IpAddr;
 
 use seckill_proto::auth::{Claims, TokenError, TokenKeys};
 
@@ -29,25 +21,6 @@ pub const IDENTITY_HEADERS: &[&str] = &["x-seckill-user", "x-seckill-role", "x-r
 pub const USER_HEADER: &str = "x-seckill-user";
 /// The verified role header set for the backend.
 pub const ROLE_HEADER: &str = "x-seckill-role";
-
-/// Verified tokens one worker thread remembers; when full it starts over.
-pub const TOKEN_CACHE_ENTRIES: usize = 4096;
-
-/// Tells the [`Identity`] instances of one process apart in the caches.
-static INSTANCES: AtomicU64 = AtomicU64::new(1);
-
-/// A token the full check accepted, and until when that holds.
-struct Verified {
-    /// The [`Identity`] (secret and leeway) that verified it.
-    instance: u64,
-    claims: Claims,
-    /// Unix seconds after which the token is expired (`exp` + leeway).
-    valid_until: u64,
-}
-
-thread_local! {
-    static VERIFIED: RefCell<HashMap<Box<str>, Verified>> = RefCell::new(HashMap::new());
-}
 
 /// The network `addr` is in, as `address/prefix`, with IPv4 addresses
 /// taken to `/v4_prefix` and IPv6 to `/v6_prefix` (the per-network limits'
@@ -76,8 +49,6 @@ pub fn network_of(addr: &str, v4_prefix: u8, v6_prefix: u8) -> Option<String> {
 pub struct Identity {
     trusted: Vec<Cidr>,
     keys: TokenKeys,
-    leeway_secs: u64,
-    instance: u64,
 }
 
 impl Identity {
@@ -85,8 +56,6 @@ impl Identity {
         Self {
             trusted,
             keys: TokenKeys::new(secret, leeway_secs),
-            leeway_secs,
-            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -121,44 +90,10 @@ impl Identity {
         client
     }
 
-    /// Verifies an `Authorization` header value.
+    /// Verifies an `Authorization` header value (remembered per thread:
+    /// [`TokenKeys::verify_header_cached`]).
     pub fn verify(&self, authorization: Option<&str>) -> Result<Claims, TokenError> {
-        let token = authorization.and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .map(str::trim)
-        });
-        let Some(token) = token else {
-            return self.keys.verify_header(authorization);
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let hit = VERIFIED.with(|c| {
-            c.borrow()
-                .get(token)
-                .filter(|v| v.instance == self.instance && now <= v.valid_until)
-                .map(|v| v.claims.clone())
-        });
-        if let Some(claims) = hit {
-            return Ok(claims);
-        }
-        let claims = self.keys.verify(token)?;
-        VERIFIED.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.len() >= TOKEN_CACHE_ENTRIES {
-                c.clear();
-            }
-            c.insert(
-                token.into(),
-                Verified {
-                    instance: self.instance,
-                    valid_until: claims.exp.saturating_add(self.leeway_secs),
-                    claims: claims.clone(),
-                },
-            );
-        });
-        Ok(claims)
+        self.keys.verify_header_cached(authorization)
     }
 }
 

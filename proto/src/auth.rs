@@ -5,9 +5,17 @@
 //! header `{"alg":"HS256","typ":"JWT"}`, claims `{"sub": "<user id>",
 //! "role": "buyer"|"operator"|"approver", "exp": <unix seconds>}`.
 //!
-//! This module owns signing and verification only; which role may call what
+//! This module owns signing and verification (and the per-thread cache of
+//! verified tokens both services use); which role may call what
 //! is decided by each service (the backend's route extractors, the edge's
 //! access phase).
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -139,11 +147,39 @@ impl std::fmt::Debug for AuthConfig {
 }
 
 /// Signs and verifies tokens with one shared secret.
+///
+/// [`TokenKeys::verify_header_cached`] remembers verified tokens per
+/// thread (at most [`TOKEN_CACHE_ENTRIES`], keyed by the token's exact
+/// text and the keys that verified it, each until its `exp` plus the
+/// leeway, as the full check would decide; a full cache starts over), so a
+/// buyer's repeated requests skip the JWT decode and HMAC. Refused tokens
+/// are not remembered.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    leeway_secs: u64,
+    /// Tells keys made by different [`TokenKeys::new`] calls apart in the
+    /// cache (clones share the secret, so they share entries too).
+    instance: u64,
+}
+
+/// Verified tokens one thread remembers; when full it starts over.
+pub const TOKEN_CACHE_ENTRIES: usize = 4096;
+
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// A token the full check accepted, and until when that holds.
+struct Verified {
+    instance: u64,
+    claims: Claims,
+    /// Unix seconds after which the token is expired (`exp` + leeway).
+    valid_until: u64,
+}
+
+thread_local! {
+    static VERIFIED: RefCell<HashMap<Box<str>, Verified>> = RefCell::new(HashMap::new());
 }
 
 /// Longest subject accepted (user ids end up in Redis keys and orders).
@@ -159,6 +195,8 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            leeway_secs,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -201,6 +239,47 @@ impl TokenKeys {
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(TokenError::Invalid)?;
         self.verify(token.trim())
+    }
+
+    /// [`Self::verify_header`], from this thread's cache when these keys
+    /// verified the same token before.
+    pub fn verify_header_cached(&self, header: Option<&str>) -> Result<Claims, TokenError> {
+        let token = header.and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(str::trim)
+        });
+        let Some(token) = token else {
+            return self.verify_header(header);
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let hit = VERIFIED.with(|c| {
+            c.borrow()
+                .get(token)
+                .filter(|v| v.instance == self.instance && now <= v.valid_until)
+                .map(|v| v.claims.clone())
+        });
+        if let Some(claims) = hit {
+            return Ok(claims);
+        }
+        let claims = self.verify(token)?;
+        VERIFIED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= TOKEN_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(
+                token.into(),
+                Verified {
+                    instance: self.instance,
+                    valid_until: claims.exp.saturating_add(self.leeway_secs),
+                    claims: claims.clone(),
+                },
+            );
+        });
+        Ok(claims)
     }
 }
 
@@ -287,5 +366,68 @@ mod tests {
         assert!(k.verify_header(Some(&format!("Bearer {t}"))).is_ok());
         assert_eq!(k.verify_header(None), Err(TokenError::Missing));
         assert_eq!(k.verify_header(Some(&t)), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_remembered_token_verifies_as_the_full_check_does() {
+        let k = TokenKeys::new(b"0123456789abcdef0123", 0);
+        let t = format!("Bearer {}", k.mint("alice", Role::Buyer, 60));
+        let first = k.verify_header_cached(Some(&t)).unwrap();
+        assert_eq!(first.sub, "alice");
+        assert_eq!(k.verify_header_cached(Some(&t)).unwrap(), first);
+        assert_eq!(k.verify_header(Some(&t)).unwrap(), first);
+    }
+
+    #[test]
+    fn other_keys_do_not_take_a_token_remembered_for_these() {
+        let a = TokenKeys::new(b"0123456789abcdef0123", 0);
+        let b = TokenKeys::new(b"another-secret-of-20b", 0);
+        let t = format!("Bearer {}", a.mint("alice", Role::Buyer, 60));
+        assert!(a.verify_header_cached(Some(&t)).is_ok());
+        assert_eq!(
+            b.verify_header_cached(Some(&t)),
+            Err(TokenError::Invalid),
+            "the cache must not vouch for a token these keys did not sign"
+        );
+    }
+
+    #[test]
+    fn a_remembered_entry_expires_with_its_token() {
+        let k = TokenKeys::new(b"0123456789abcdef0123", 0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        // Remembered with a validity already past: the full check runs.
+        let t = k.mint("bob", Role::Buyer, -10);
+        VERIFIED.with(|c| {
+            c.borrow_mut().insert(
+                t.as_str().into(),
+                Verified {
+                    instance: k.instance,
+                    claims: Claims {
+                        sub: "bob".into(),
+                        role: Role::Buyer,
+                        exp: now.as_secs() - 10,
+                    },
+                    valid_until: now.as_secs() - 10,
+                },
+            );
+        });
+        assert_eq!(
+            k.verify_header_cached(Some(&format!("Bearer {t}"))),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn missing_and_malformed_headers_are_refused_by_the_cached_check() {
+        let k = TokenKeys::new(b"0123456789abcdef0123", 0);
+        assert_eq!(k.verify_header_cached(None), Err(TokenError::Missing));
+        assert_eq!(
+            k.verify_header_cached(Some("Basic abc")),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            k.verify_header_cached(Some("Bearer not-a-token")),
+            Err(TokenError::Invalid)
+        );
     }
 }

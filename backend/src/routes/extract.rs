@@ -24,12 +24,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let leeway = state.config.auth.leeway_secs;
-        Ok(Caller(super::verified::verify_header(
-            &state.tokens,
-            leeway,
-            header,
-        )?))
+        Ok(Caller(state.tokens.verify_header_cached(header)?))
     }
 }
 

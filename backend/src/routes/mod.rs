@@ -15,7 +15,6 @@ pub mod openapi;
 pub mod orders;
 pub mod rounds;
 pub mod tickets;
-pub mod verified;
 
 use std::{sync::Arc, time::Instant};
 
